@@ -1,0 +1,1 @@
+"""Text featuriser, co-interaction graph, vector models, training and evaluation."""

@@ -1,0 +1,155 @@
+"""What the refresher asks a model for: item vectors and user vectors in one shared space.
+
+:class:`LiveGraph` is the refresher's mirror of the world: the catalogue with text embeddings, the item
+adjacencies the stream agents publish, and the latest vector of every item. A :class:`VectorModel` reads it.
+Two models fill the interface: :class:`TextPropagationModel` (no training: an item's text embedding plus the
+weighted mean of its neighbours' text embeddings; a user is the mean of their recent items' vectors) and the
+trained graph foundation model (``models/twotower.py``), so swapping one for the other touches no stream or
+store code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from models.graph import Adjacency, UserState, recent_items
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+@dataclass
+class LiveGraph:
+    """Catalogue, adjacency and item vectors, indexed by item row.
+
+    Attributes:
+        text_dim: size of the text embeddings.
+        vector_dim: size of the model's output vectors.
+    """
+
+    text_dim: int
+    vector_dim: int
+    rows: dict[str, int] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    titles: list[str] = field(default_factory=list)
+    adjacency: dict[str, Adjacency] = field(default_factory=dict)
+    _text: np.ndarray = field(init=False)
+    _has_text: np.ndarray = field(init=False)
+    _vectors: np.ndarray = field(init=False)
+    _has_vector: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._text = np.zeros((1024, self.text_dim), dtype=np.float32)
+        self._has_text = np.zeros(1024, dtype=bool)
+        self._vectors = np.zeros((1024, self.vector_dim), dtype=np.float32)
+        self._has_vector = np.zeros(1024, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, item_id: str, item_type: str) -> int:
+        """The row of ``item_id``, adding an item without text when it is new."""
+        found = self.rows.get(item_id)
+        if found is not None:
+            return found
+        index = len(self.ids)
+        if index == len(self._text):
+            grow = len(self._text)
+            self._text = np.concatenate([self._text, np.zeros_like(self._text[:grow])])
+            self._has_text = np.concatenate([self._has_text, np.zeros(grow, dtype=bool)])
+            self._vectors = np.concatenate([self._vectors, np.zeros_like(self._vectors[:grow])])
+            self._has_vector = np.concatenate([self._has_vector, np.zeros(grow, dtype=bool)])
+        self.rows[item_id] = index
+        self.ids.append(item_id)
+        self.types.append(item_type)
+        self.titles.append("")
+        return index
+
+    def set_text(self, item_id: str, item_type: str, title: str, embedding: np.ndarray) -> None:
+        """Record an item's catalogue entry and text embedding."""
+        index = self.row(item_id, item_type)
+        self.types[index] = item_type
+        self.titles[index] = title
+        self._text[index] = embedding
+        self._has_text[index] = True
+
+    def text(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Text embeddings of ``rows``: shape ``(len(rows), text_dim)``; zeros where text is unknown."""
+        return self._text[np.asarray(rows, dtype=np.int64)]
+
+    def has_text(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Whether each of ``rows`` has a text embedding."""
+        return self._has_text[np.asarray(rows, dtype=np.int64)]
+
+    def set_vectors(self, rows: Sequence[int], vectors: np.ndarray) -> None:
+        """Store the latest vectors of ``rows``."""
+        index = np.asarray(rows, dtype=np.int64)
+        self._vectors[index] = vectors
+        self._has_vector[index] = True
+
+    def vectors(self, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Latest vectors of ``rows`` and a mask of which ones exist."""
+        index = np.asarray(rows, dtype=np.int64)
+        return self._vectors[index], self._has_vector[index]
+
+
+class VectorModel(Protocol):
+    """Computes item and user vectors in one space from a :class:`LiveGraph`."""
+
+    version: str
+    dim: int
+
+    def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
+        """Vectors of the items at ``rows``: shape ``(len(rows), dim)``, unit norm."""
+        ...
+
+    def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
+        """Vectors of users from their states: shape ``(len(states), dim)``; zero rows for users with no
+        known item."""
+        ...
+
+
+class TextPropagationModel:
+    """No training: ``v_i = norm(t_i + beta * sum_j w_ij t_j / sum_j w_ij)``; users are the mean of their
+    recent items' vectors.
+
+    One hop of weighted neighbour averaging over the co-interaction graph makes co-consumed items close even
+    when their texts are unrelated; it is the stand-in that the trained HGNN + two-tower model replaces.
+    """
+
+    def __init__(self, encoder_name: str, dim: int, beta: float = 1.0, history: int = 50) -> None:
+        self.dim = dim
+        self.beta = beta
+        self.history = history
+        self.version = f"textprop-{encoder_name}-b{beta:g}"
+
+    def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
+        out = graph.text(rows).copy()  # (N, D)
+        for k, row in enumerate(rows):
+            adjacency = graph.adjacency.get(graph.ids[row])
+            if not adjacency:
+                continue
+            nbr_rows = [graph.row(nbr, entry[0]) for nbr, entry in adjacency.items()]
+            weights = np.array([entry[1] for entry in adjacency.values()], dtype=np.float32)
+            weights *= graph.has_text(nbr_rows)
+            if weights.sum() > 0:
+                out[k] += self.beta * (weights @ graph.text(nbr_rows)) / weights.sum()
+        return normalise(out)
+
+    def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
+        out = np.zeros((len(states), self.dim), dtype=np.float32)
+        for k, state in enumerate(states):
+            rows = [graph.rows[i] for i, _, _ in recent_items(state, self.history) if i in graph.rows]
+            if rows:
+                vectors, present = graph.vectors(rows)
+                if present.any():
+                    out[k] = vectors[present].mean(0)
+        return normalise(out)

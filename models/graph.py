@@ -1,0 +1,166 @@
+"""The co-interaction graph and user histories, as plain functions on plain data.
+
+The stream agents (``streams/agents.py``) and the batch builder (:func:`build_graph`) call the same two
+functions, so a graph built from a replayed stream equals the graph built in one pass:
+
+* :func:`apply_consumption` folds one consumption into a user's state and returns the co-interaction
+  pairs it creates: the new item with each of the user's ``window`` most recent *other* items. A pair
+  is created only the first time a user consumes an item, so an edge weight counts users (co-counts),
+  not replays.
+* :func:`merge_neighbour` adds one pair to an item's adjacency and enforces the degree cap.
+
+Degree rule: an item keeps at most ``max_degree`` neighbours. When a new neighbour would exceed the
+cap, the neighbour with the lowest ``(weight, last_ts, item_id)`` is evicted, i.e. the lightest edge,
+the least recently reinforced among equals. Heavy edges survive; the cap bounds memory and message size.
+
+Data shapes (JSON-friendly so they travel through Kafka and Faust tables unchanged):
+
+* ``UserState``: ``{"recent": {type: [[item_id, ts], ...]}, "consumed": [item_id, ...],
+  "event_ids": [...], "counts": {type: n}}``; lists oldest first, each bounded by :class:`GraphConfig`.
+* ``Adjacency``: ``{neighbour_id: [neighbour_type, weight, last_ts]}``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+UserState = dict[str, Any]
+Adjacency = dict[str, list[Any]]
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Bounds of the co-interaction graph and of user histories.
+
+    Attributes:
+        window: pair a new item with this many of the user's most recent other items (all types).
+        history_per_type: recent items kept per user and item type (what the user tower reads).
+        max_consumed: consumed item ids kept per user, to exclude them from recommendations.
+        max_event_ids: recent event ids kept per user, to drop redelivered duplicates.
+        max_degree: neighbours kept per item (see the degree rule in the module docstring).
+    """
+
+    window: int = 20
+    history_per_type: int = 50
+    max_consumed: int = 2000
+    max_event_ids: int = 200
+    max_degree: int = 100
+
+
+class Pair(NamedTuple):
+    """One directed co-interaction: ``src`` gained ``dst`` as a neighbour at time ``ts``."""
+
+    src: str
+    src_type: str
+    dst: str
+    dst_type: str
+    ts: float
+
+
+def new_user_state() -> UserState:
+    """An empty user state."""
+    return {"recent": {}, "consumed": [], "event_ids": [], "counts": {}}
+
+
+def recent_items(state: UserState, limit: int | None = None) -> list[tuple[str, str, float]]:
+    """The user's recent items of all types as ``(item_id, item_type, ts)``, newest first."""
+    merged = [(ts, item, itype) for itype, rows in state["recent"].items() for item, ts in rows]
+    newest = heapq.nlargest(limit, merged) if limit is not None else sorted(merged, reverse=True)
+    return [(item, itype, ts) for ts, item, itype in newest]
+
+
+def apply_consumption(
+    state: UserState,
+    event_id: str,
+    item_id: str,
+    item_type: str,
+    ts: float,
+    config: GraphConfig,
+) -> tuple[bool, list[Pair]]:
+    """Fold one consumption into ``state`` (in place).
+
+    Args:
+        state: the user's state, from :func:`new_user_state` or an earlier call.
+        event_id: the event's id; an id seen recently is a redelivery and changes nothing.
+        item_id: the consumed item.
+        item_type: its type.
+        ts: event time, unix seconds.
+        config: the bounds.
+
+    Returns:
+        ``(changed, pairs)``: whether the state changed, and the directed pairs (both directions) that
+        this consumption adds to the graph.
+    """
+    event_ids: list[str] = state["event_ids"]
+    if event_id in event_ids:
+        return False, []
+    event_ids.append(event_id)
+    del event_ids[: -config.max_event_ids]
+
+    consumed: list[str] = state["consumed"]
+    first_time = item_id not in consumed
+    pairs: list[Pair] = []
+    if first_time:
+        for other, other_type, _ in recent_items(state, config.window):
+            pairs.append(Pair(item_id, item_type, other, other_type, ts))
+            pairs.append(Pair(other, other_type, item_id, item_type, ts))
+        consumed.append(item_id)
+        del consumed[: -config.max_consumed]
+        state["counts"][item_type] = state["counts"].get(item_type, 0) + 1
+
+    rows: list[list[Any]] = state["recent"].setdefault(item_type, [])
+    rows[:] = [row for row in rows if row[0] != item_id]
+    rows.append([item_id, ts])
+    del rows[: -config.history_per_type]
+    return True, pairs
+
+
+def merge_neighbour(adjacency: Adjacency, pair: Pair, max_degree: int) -> None:
+    """Add one pair to ``adjacency`` (the adjacency of ``pair.src``), in place, under the degree cap."""
+    entry = adjacency.get(pair.dst)
+    if entry is not None:
+        entry[1] += 1
+        entry[2] = max(entry[2], pair.ts)
+        return
+    adjacency[pair.dst] = [pair.dst_type, 1, pair.ts]
+    if len(adjacency) > max_degree:
+        weakest = min(adjacency, key=lambda nbr: (adjacency[nbr][1], adjacency[nbr][2], nbr))
+        del adjacency[weakest]
+
+
+@dataclass
+class CoGraph:
+    """A whole co-interaction graph in memory: item types, adjacencies and user states."""
+
+    config: GraphConfig = field(default_factory=GraphConfig)
+    item_types: dict[str, str] = field(default_factory=dict)
+    adjacency: dict[str, Adjacency] = field(default_factory=dict)
+    users: dict[str, UserState] = field(default_factory=dict)
+
+    def consume(self, event_id: str, user_id: str, item_id: str, item_type: str, ts: float) -> list[Pair]:
+        """Apply one consumption event, exactly as the stream agents do; returns the pairs it added."""
+        state = self.users.setdefault(user_id, new_user_state())
+        _, pairs = apply_consumption(state, event_id, item_id, item_type, ts, self.config)
+        self.item_types.setdefault(item_id, item_type)
+        for pair in pairs:
+            merge_neighbour(self.adjacency.setdefault(pair.src, {}), pair, self.config.max_degree)
+        return pairs
+
+    def edges(self) -> Iterator[tuple[str, str, int]]:
+        """Every directed edge as ``(src, dst, weight)``."""
+        for src, adjacency in self.adjacency.items():
+            for dst, (_, weight, _) in adjacency.items():
+                yield src, dst, weight
+
+
+def build_graph(
+    events: Iterable[tuple[str, str, str, str, float]], config: GraphConfig | None = None
+) -> CoGraph:
+    """Build the graph from ``(event_id, user_id, item_id, item_type, ts)`` rows in time order."""
+    graph = CoGraph(config or GraphConfig())
+    for event_id, user_id, item_id, item_type, ts in events:
+        graph.consume(event_id, user_id, item_id, item_type, ts)
+    return graph

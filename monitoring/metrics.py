@@ -1,0 +1,88 @@
+"""Every Prometheus metric of gfm, defined once; each component takes a ``registry`` so tests can pass a
+fresh one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class StreamMetrics:
+    """The Faust worker's metrics."""
+
+    events: Counter
+    dead_letters: Counter
+    pairs: Counter
+    user_updates: Counter
+    item_updates: Counter
+    batch_seconds: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> StreamMetrics:
+        """Register the metrics in ``registry``."""
+        return cls(
+            events=Counter("gfm_stream_events_total", "Events read by the stream agents, by outcome",
+                           ["outcome"], registry=registry),
+            dead_letters=Counter("gfm_dead_letters_total", "Messages sent to the dead-letter topic",
+                                 ["topic", "field"], registry=registry),
+            pairs=Counter("gfm_graph_pairs_total", "Directed co-interaction pairs merged into the graph",
+                          registry=registry),
+            user_updates=Counter("gfm_user_updates_total", "User refresh requests published", registry=registry),
+            item_updates=Counter("gfm_item_updates_total", "Item refresh requests published", registry=registry),
+            batch_seconds=Histogram("gfm_stream_batch_seconds", "Time to process one micro-batch",
+                                    ["agent"], buckets=LATENCY_BUCKETS, registry=registry),
+        )
+
+
+@dataclass
+class RefresherMetrics:
+    """The refresher's metrics."""
+
+    batches: Counter
+    upserts: Counter
+    batch_seconds: Histogram
+    freshness_seconds: Histogram
+    catalog_items: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> RefresherMetrics:
+        """Register the metrics in ``registry``."""
+        return cls(
+            batches=Counter("gfm_refresh_batches_total", "Refresh micro-batches", registry=registry),
+            upserts=Counter("gfm_vectors_upserted_total", "Vectors upserted into the store", ["kind"],
+                            registry=registry),
+            batch_seconds=Histogram("gfm_refresh_batch_seconds", "Time to refresh and upsert one micro-batch",
+                                    buckets=LATENCY_BUCKETS, registry=registry),
+            freshness_seconds=Histogram(
+                "gfm_event_to_vector_seconds",
+                "From an event's arrival in the stream to its user's vector in the store",
+                buckets=LATENCY_BUCKETS, registry=registry),
+            catalog_items=Gauge("gfm_catalog_items", "Items known to the refresher", registry=registry),
+        )
+
+
+@dataclass
+class ApiMetrics:
+    """The query API's metrics."""
+
+    requests: Counter
+    latency: Histogram
+    events_accepted: Counter
+    events_rejected: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ApiMetrics:
+        """Register the metrics in ``registry``."""
+        return cls(
+            requests=Counter("gfm_api_requests_total", "API requests", ["route", "status"], registry=registry),
+            latency=Histogram("gfm_api_request_seconds", "API request latency", ["route"],
+                              buckets=LATENCY_BUCKETS, registry=registry),
+            events_accepted=Counter("gfm_api_events_accepted_total", "Events accepted by POST /events",
+                                    registry=registry),
+            events_rejected=Counter("gfm_api_events_rejected_total", "Events rejected by POST /events",
+                                    registry=registry),
+        )

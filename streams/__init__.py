@@ -1,0 +1,1 @@
+"""The Faust app, its records and agents."""

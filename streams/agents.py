@@ -1,0 +1,229 @@
+"""The Faust app and its two agents, thin around plain batch functions.
+
+Data path (``P`` partitions everywhere, every key routed by Kafka's murmur2 partitioner)::
+
+    events (user-keyed packs) --process_events--> users table
+                                          |-----> user-updates   (refresh request: the user's new state)
+                                          '-----> pairs (packs routed by item) --update_edges--> adjacency table
+                                                                                      '-----> item-updates
+
+Both agents read micro-batches with ``stream.take_events`` (acked only after the batch's table writes and
+sends are issued, so delivery is at least once), fold them with :func:`fold_events` / :func:`fold_pairs`,
+write each touched table key once, and publish one refresh request per touched user or item. Tables are
+written inside ``take`` so they use ``use_partitioner=True`` with ``bytes`` keys: a key's changelog partition
+is then the partition its source messages arrive on, which keeps state right across rebalances.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from kafka.partitioner.default import murmur2
+
+from models.graph import Adjacency, GraphConfig, Pair, UserState, apply_consumption, merge_neighbour, new_user_state
+from monitoring.metrics import StreamMetrics
+from streams.errors import InvalidRecord
+from streams.records import DeadLetter, ItemUpdate, ListenEvent, UserUpdate, decode_pack, validate_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What the Faust app needs to know; built from the deployment settings by ``workers``."""
+
+    broker: str = "kafka://127.0.0.1:19092"
+    app_id: str = "gfm-streams"
+    topic_prefix: str = "gfm"
+    partitions: int = 4
+    take_max: int = 100
+    take_within_s: float = 0.1
+    min_stream_ms: int = 30_000
+    producer_max_batch_size: int = 1
+    datadir: str = "var/faust"
+    graph: GraphConfig = field(default_factory=GraphConfig)
+
+    def topic(self, name: str) -> str:
+        """The full name of one of the project's topics."""
+        return f"{self.topic_prefix}-{name}"
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as aiokafka and kafka-python)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def counts_as_consumption(event: ListenEvent, min_stream_ms: int) -> bool:
+    """A follow, or a stream of at least ``min_stream_ms`` (or of unknown length), is a consumption."""
+    if event.kind == "follow":
+        return True
+    if event.kind == "stream":
+        return event.ms_played is None or event.ms_played >= min_stream_ms
+    return False
+
+
+@dataclass
+class EventBatch:
+    """What one micro-batch of event messages changed."""
+
+    users: dict[str, UserState] = field(default_factory=dict)
+    sent_at: dict[str, float] = field(default_factory=dict)
+    """Per touched user: the earliest produce time (unix s) of the messages that changed them."""
+    pairs: dict[int, list[Pair]] = field(default_factory=lambda: defaultdict(list))
+    dead: list[tuple[bytes, InvalidRecord]] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def fold_events(
+    messages: Iterable[tuple[bytes, float]],
+    lookup_user: Callable[[str], UserState | None],
+    config: StreamConfig,
+) -> EventBatch:
+    """Apply a micro-batch of event messages ``(raw value, produce time)`` to user states.
+
+    Args:
+        messages: the raw messages, in offset order.
+        lookup_user: the stored state of a user, or None.
+        config: bounds and partitions.
+
+    Returns:
+        The touched users' new states, the pairs to publish by partition, and the rejected elements.
+    """
+    batch = EventBatch()
+    for raw, sent_at in messages:
+        try:
+            events, rejected = decode_pack(raw, validate_event)
+        except InvalidRecord as error:
+            batch.dead.append((raw, error))
+            batch.outcomes["invalid"] += 1
+            continue
+        for element, error in rejected:
+            batch.dead.append((json.dumps(element, default=str).encode(), error))
+            batch.outcomes["invalid"] += 1
+        for event in events:
+            if not counts_as_consumption(event, config.min_stream_ms):
+                batch.outcomes["not_consumption"] += 1
+                continue
+            state = batch.users.get(event.user_id) or lookup_user(event.user_id) or new_user_state()
+            changed, pairs = apply_consumption(
+                state, event.event_id, event.item_id, event.item_type, event.ts, config.graph
+            )
+            if not changed:
+                batch.outcomes["duplicate"] += 1
+                continue
+            batch.outcomes["consumed"] += 1
+            batch.users[event.user_id] = state
+            batch.sent_at[event.user_id] = min(batch.sent_at.get(event.user_id, sent_at), sent_at)
+            for pair in pairs:
+                batch.pairs[partition_for(pair.src, config.partitions)].append(pair)
+    return batch
+
+
+def fold_pairs(
+    messages: Iterable[bytes],
+    lookup_item: Callable[[str], dict[str, Any] | None],
+    max_degree: int,
+) -> dict[str, dict[str, Any]]:
+    """Merge a micro-batch of pair packs into item adjacencies, pair by pair in order.
+
+    Returns:
+        Each touched item's entry ``{"type": item_type, "adj": Adjacency}``.
+    """
+    touched: dict[str, dict[str, Any]] = {}
+    for raw in messages:
+        for src, src_type, dst, dst_type, ts in json.loads(raw):
+            entry = touched.get(src) or lookup_item(src) or {"type": src_type, "adj": {}}
+            adjacency: Adjacency = entry["adj"]
+            merge_neighbour(adjacency, Pair(src, src_type, dst, dst_type, ts), max_degree)
+            touched[src] = entry
+    return touched
+
+
+def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
+    """Build the Faust app with its topics, tables and agents.
+
+    Args:
+        config: broker, topics, bounds.
+        metrics: where the agents count what they do.
+    """
+    app = faust.App(
+        config.app_id,
+        broker=config.broker,
+        store="memory://",
+        datadir=config.datadir,
+        topic_partitions=config.partitions,
+        producer_max_batch_size=config.producer_max_batch_size,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        web_enabled=False,
+        web_host="127.0.0.1",
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(config.topic("events"), partitions=config.partitions, **raw)  # type: ignore[arg-type]
+    pairs_topic = app.topic(config.topic("pairs"), partitions=config.partitions, **raw)  # type: ignore[arg-type]
+    user_updates = app.topic(config.topic("user-updates"), key_type=bytes, value_type=UserUpdate,
+                             partitions=config.partitions)
+    item_updates = app.topic(config.topic("item-updates"), key_type=bytes, value_type=ItemUpdate,
+                             partitions=config.partitions)
+    dead_letters = app.topic(config.topic("dead-letter"), value_type=DeadLetter, partitions=1)
+    users = app.Table("users", key_type=bytes, value_type=dict, use_partitioner=True,
+                      partitions=config.partitions)
+    adjacency = app.Table("adjacency", key_type=bytes, value_type=dict, use_partitioner=True,
+                          partitions=config.partitions)
+
+    async def send_dead(source: str, raw_value: bytes, error: InvalidRecord) -> None:
+        log.warning("dead letter from %s: %s", source, error)
+        metrics.dead_letters.labels(source, error.field).inc()
+        await dead_letters.send(
+            value=DeadLetter(topic=source, reason=str(error), field=error.field,
+                             original=raw_value.decode("latin-1"))
+        )
+
+    @app.agent(events_topic)
+    async def process_events(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(config.take_max, within=config.take_within_s):
+            started = time.perf_counter()
+            batch = fold_events(
+                ((e.value, e.message.timestamp) for e in events),
+                lambda user_id: users.get(user_id.encode()),
+                config,
+            )
+            for raw_value, error in batch.dead:
+                await send_dead(config.topic("events"), raw_value, error)
+            for user_id, state in batch.users.items():
+                users[user_id.encode()] = state
+                await user_updates.send(
+                    key=user_id.encode(),
+                    value=UserUpdate(user_id=user_id, state=state, event_ts=batch.sent_at[user_id]),
+                )
+            for partition, pairs in batch.pairs.items():
+                await pairs_topic.send(value=json.dumps(pairs).encode(), partition=partition)
+            for outcome, n in batch.outcomes.items():
+                metrics.events.labels(outcome).inc(n)
+            metrics.user_updates.inc(len(batch.users))
+            metrics.batch_seconds.labels("events").observe(time.perf_counter() - started)
+
+    @app.agent(pairs_topic)
+    async def update_edges(stream: faust.StreamT) -> None:
+        async for values in stream.take(config.take_max, within=config.take_within_s):
+            started = time.perf_counter()
+            touched = fold_pairs(values, lambda item_id: adjacency.get(item_id.encode()),
+                                 config.graph.max_degree)
+            for item_id, entry in touched.items():
+                adjacency[item_id.encode()] = entry
+                await item_updates.send(
+                    key=item_id.encode(),
+                    value=ItemUpdate(item_id=item_id, item_type=entry["type"], adjacency=entry["adj"]),
+                )
+            metrics.pairs.inc(sum(len(json.loads(v)) for v in values))
+            metrics.item_updates.inc(len(touched))
+            metrics.batch_seconds.labels("edges").observe(time.perf_counter() - started)
+
+    return app

@@ -1,0 +1,132 @@
+"""The embedded backend: Qdrant's engine in-process (qdrant-edge-py), one shard per collection.
+
+A shard directory can be opened by one process at a time, so in embedded mode the refresher and the query API
+share one process (``gfm worker api`` starts the refresher beside the API).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as q
+
+from vectorstore.base import (
+    Hit,
+    ItemPoint,
+    UserPoint,
+    VectorStore,
+    hit_from,
+    item_from,
+    item_payload,
+    item_point_id,
+    user_from,
+    user_payload,
+    user_point_id,
+)
+from vectorstore.errors import DimensionMismatch
+
+
+class EdgeStore(VectorStore):
+    """Two qdrant-edge shards under ``path``: ``items/`` and ``users/``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._items: q.EdgeShard | None = None
+        self._users: q.EdgeShard | None = None
+        self._lock = threading.Lock()
+
+    def _open(self, name: str, dim: int) -> q.EdgeShard:
+        directory = self.path / name
+        config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=dim, distance=q.Distance.Cosine))
+        if directory.exists() and any(directory.iterdir()):
+            stored = _stored_dim(directory)
+            if stored is not None and stored != dim:
+                raise DimensionMismatch(str(directory), stored, dim)
+            return q.EdgeShard.load(str(directory))
+        directory.mkdir(parents=True, exist_ok=True)
+        shard = q.EdgeShard.create(str(directory), config)
+        if name == "items":
+            shard.update(q.UpdateOperation.create_field_index("item_type", q.PayloadSchemaType.Keyword))
+        (directory.parent / f"{name}.dim").write_text(str(dim))
+        return shard
+
+    def ensure(self, dim: int) -> None:
+        with self._lock:
+            if self._items is None:
+                self._items = self._open("items", dim)
+                self._users = self._open("users", dim)
+
+    @property
+    def items(self) -> q.EdgeShard:
+        if self._items is None:
+            raise RuntimeError("call ensure(dim) before using the store")
+        return self._items
+
+    @property
+    def users(self) -> q.EdgeShard:
+        if self._users is None:
+            raise RuntimeError("call ensure(dim) before using the store")
+        return self._users
+
+    def upsert_items(self, points: Sequence[ItemPoint]) -> None:
+        if points:
+            self.items.update(
+                q.UpdateOperation.upsert_points(
+                    [q.Point(item_point_id(p.item_id), p.vector.tolist(), item_payload(p)) for p in points]
+                )
+            )
+
+    def upsert_users(self, points: Sequence[UserPoint]) -> None:
+        if points:
+            self.users.update(
+                q.UpdateOperation.upsert_points(
+                    [q.Point(user_point_id(p.user_id), p.vector.tolist(), user_payload(p)) for p in points]
+                )
+            )
+
+    def get_item(self, item_id: str) -> ItemPoint | None:
+        found = self.items.retrieve([item_point_id(item_id)], with_payload=True, with_vector=True)
+        return item_from(found[0].payload or {}, _dense(found[0].vector)) if found else None
+
+    def get_user(self, user_id: str) -> UserPoint | None:
+        found = self.users.retrieve([user_point_id(user_id)], with_payload=True, with_vector=True)
+        return user_from(found[0].payload or {}, _dense(found[0].vector)) if found else None
+
+    def search(
+        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = ()
+    ) -> list[Hit]:
+        must = [q.FieldCondition(key="item_type", match=q.MatchValue(item_type))] if item_type else None
+        excluded = {item_point_id(i) for i in exclude}
+        must_not: list[q.HasIdCondition] | None = [q.HasIdCondition(excluded)] if excluded else None  # type: ignore[arg-type]
+        request = q.QueryRequest(
+            limit=k,
+            query=q.Query.Nearest(vector.tolist()),
+            filter=q.Filter(must=must, must_not=must_not),  # type: ignore[arg-type]
+            with_payload=True,
+        )
+        return [hit_from(p.payload or {}, p.score) for p in self.items.query(request)]
+
+    def count_items(self) -> int:
+        return self.items.info().points_count
+
+    def close(self) -> None:
+        with self._lock:
+            for shard in (self._items, self._users):
+                if shard is not None:
+                    shard.flush()
+                    shard.close()
+            self._items = self._users = None
+
+
+def _stored_dim(directory: Path) -> int | None:
+    marker = directory.parent / f"{directory.name}.dim"
+    return int(marker.read_text()) if marker.exists() else None
+
+
+def _dense(vector: object) -> list[float]:
+    if isinstance(vector, dict):
+        vector = next(iter(vector.values()))
+    return list(vector)  # type: ignore[call-overload]

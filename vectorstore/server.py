@@ -1,0 +1,101 @@
+"""The server backend: a Qdrant server through qdrant-client (or its ``:memory:`` mode in tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as m
+
+from vectorstore.base import (
+    Hit,
+    ItemPoint,
+    UserPoint,
+    VectorStore,
+    hit_from,
+    item_from,
+    item_payload,
+    item_point_id,
+    user_from,
+    user_payload,
+    user_point_id,
+)
+from vectorstore.errors import DimensionMismatch
+
+
+class ServerStore(VectorStore):
+    """Two collections, ``{prefix}-items`` and ``{prefix}-users``, on a Qdrant server.
+
+    Args:
+        location: the server URL (``http://host:6333``) or ``":memory:"``.
+        prefix: collection name prefix.
+        api_key: the server's API key, if any.
+    """
+
+    def __init__(self, location: str, prefix: str = "gfm", api_key: str | None = None) -> None:
+        if location == ":memory:":
+            self.client = QdrantClient(location=":memory:")
+        else:
+            self.client = QdrantClient(url=location, api_key=api_key)
+        self.items = f"{prefix}-items"
+        self.users = f"{prefix}-users"
+
+    def ensure(self, dim: int) -> None:
+        for name in (self.items, self.users):
+            if self.client.collection_exists(name):
+                params = self.client.get_collection(name).config.params.vectors
+                size = params.size if isinstance(params, m.VectorParams) else None
+                if size is not None and size != dim:
+                    raise DimensionMismatch(name, size, dim)
+                continue
+            self.client.create_collection(name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE))
+            if name == self.items:
+                self.client.create_payload_index(name, "item_type", m.PayloadSchemaType.KEYWORD)
+
+    def upsert_items(self, points: Sequence[ItemPoint]) -> None:
+        if points:
+            self.client.upsert(
+                self.items,
+                [m.PointStruct(id=item_point_id(p.item_id), vector=p.vector.tolist(), payload=item_payload(p))
+                 for p in points],
+            )
+
+    def upsert_users(self, points: Sequence[UserPoint]) -> None:
+        if points:
+            self.client.upsert(
+                self.users,
+                [m.PointStruct(id=user_point_id(p.user_id), vector=p.vector.tolist(), payload=user_payload(p))
+                 for p in points],
+            )
+
+    def get_item(self, item_id: str) -> ItemPoint | None:
+        found = self.client.retrieve(self.items, [item_point_id(item_id)], with_payload=True, with_vectors=True)
+        return item_from(found[0].payload or {}, found[0].vector) if found else None  # type: ignore[arg-type]
+
+    def get_user(self, user_id: str) -> UserPoint | None:
+        found = self.client.retrieve(self.users, [user_point_id(user_id)], with_payload=True, with_vectors=True)
+        return user_from(found[0].payload or {}, found[0].vector) if found else None  # type: ignore[arg-type]
+
+    def search(
+        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = ()
+    ) -> list[Hit]:
+        must: list[m.Condition] = (
+            [m.FieldCondition(key="item_type", match=m.MatchValue(value=item_type))] if item_type else []
+        )
+        excluded = [item_point_id(i) for i in exclude]
+        must_not: list[m.Condition] = [m.HasIdCondition(has_id=excluded)] if excluded else []  # type: ignore[list-item]
+        result = self.client.query_points(
+            self.items,
+            query=vector.tolist(),
+            query_filter=m.Filter(must=must or None, must_not=must_not or None),
+            limit=k,
+            with_payload=True,
+        )
+        return [hit_from(p.payload or {}, p.score) for p in result.points]
+
+    def count_items(self) -> int:
+        return self.client.count(self.items, exact=True).count
+
+    def close(self) -> None:
+        self.client.close()

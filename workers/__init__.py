@@ -1,0 +1,1 @@
+"""The refresher, the CLI and settings: wires streams, models, vectorstore and monitoring together."""

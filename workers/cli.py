@@ -1,0 +1,121 @@
+"""``gfm``: the one console script. Subcommands parse, build settings once, and call a typed function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from workers.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gfm", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the embedded stack and the demo; serve until Ctrl-C")
+    up.add_argument("--no-demo", action="store_true", help="do not publish the demo catalogue and events")
+    up.add_argument("--exit-after-demo", action="store_true", help="stop everything once the demo answered")
+
+    catalog = sub.add_parser("catalog", help="catalogue commands")
+    catalog_sub = catalog.add_subparsers(dest="action", required=True)
+    load = catalog_sub.add_parser("load", help="publish a dataset's items to the catalogue topic")
+    load.add_argument("--data", type=Path, required=True, help="dataset folder (items.tsv, events.tsv)")
+
+    replay = sub.add_parser("replay", help="produce a dataset's events into Kafka")
+    replay.add_argument("--data", type=Path, required=True, help="dataset folder (items.tsv, events.tsv)")
+    replay.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    replay.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+
+    worker = sub.add_parser("worker", help="run one service")
+    worker.add_argument("service", choices=["streams", "refresher", "api"])
+
+    recommend = sub.add_parser("recommend", help="a user's recommendations, from the running API")
+    recommend.add_argument("user_id")
+    recommend.add_argument("--type", default=None, help="item type")
+    recommend.add_argument("-k", type=int, default=10)
+
+    sub.add_parser("settings", help="print the effective settings as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gfm`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    settings = Settings()
+
+    if args.command == "up":
+        from workers.stack import up
+
+        return up(settings, demo=not args.no_demo, exit_after_demo=args.exit_after_demo)
+
+    if args.command == "catalog":
+        from models.datasets import load_items
+        from workers.kafka_io import ensure_topics, make_producer, publish_catalog
+
+        ensure_topics(settings.kafka)
+        producer = make_producer(settings.kafka)
+        try:
+            count = publish_catalog(producer, settings.kafka, load_items(args.data))
+        finally:
+            producer.close()
+        print(f"published {count} items to {settings.kafka.topic('catalog')}")
+        return 0
+
+    if args.command == "replay":
+        from workers.kafka_io import EventSink, dataset_events, ensure_topics, make_producer, replay
+
+        ensure_topics(settings.kafka)
+        producer = make_producer(settings.kafka)
+        try:
+            events, total = dataset_events(args.data, args.limit)
+            summary = replay(events, EventSink(producer, settings.kafka), total, rate=args.rate,
+                             progress=sys.stderr.isatty())
+        finally:
+            producer.close()
+        print(f"sent {summary.sent}, failed {summary.failed}, skipped (item not in catalogue) "
+              f"{summary.skipped_unknown_item}, {summary.seconds:.1f} s, {summary.events_per_s:.0f} events/s")
+        return 0 if summary.failed == 0 else 1
+
+    if args.command == "worker":
+        from workers import services
+
+        runner = {"streams": services.run_streams, "refresher": services.run_refresher,
+                  "api": services.run_api}[args.service]
+        runner(settings)
+        return 0
+
+    if args.command == "recommend":
+        from urllib.parse import quote
+
+        from workers.stack import http_json
+
+        query = f"k={args.k}" + (f"&type={quote(args.type)}" if args.type else "")
+        url = f"http://{settings.api.host}:{settings.api.port}/users/{quote(args.user_id)}/recommendations?{query}"
+        try:
+            status, body = http_json(url)
+        except OSError as error:
+            print(f"the API at {url} is not reachable ({error}); start it with `gfm up`", file=sys.stderr)
+            return 2
+        if status != 200:
+            print(body.get("detail", body) if isinstance(body, dict) else body, file=sys.stderr)
+            return 1
+        for rank, item in enumerate(body["items"], 1):
+            print(f"{rank:>3}. {item['score']:.3f}  {item['item_type']:<10} {item['item_id']:<12} {item['title']}")
+        return 0
+
+    if args.command == "settings":
+        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

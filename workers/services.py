@@ -1,0 +1,140 @@
+"""Wiring: settings in, running components out. Each ``run_*`` is what one ``gfm worker`` subcommand does."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from models.embedding import TextPropagationModel, VectorModel
+from models.text import TextEncoder, make_encoder
+from monitoring.metrics import RefresherMetrics, StreamMetrics
+from streams.agents import StreamConfig, create_app
+from vectorstore.base import VectorStore
+from workers.kafka_io import EventSink, ensure_topics, make_producer
+from workers.refresher import Refresher, RefresherLoop
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_store(settings: Settings) -> VectorStore:
+    """The Qdrant server when ``qdrant.url`` is set, else the embedded qdrant-edge shards."""
+    if settings.qdrant.url:
+        from vectorstore.server import ServerStore
+
+        return ServerStore(settings.qdrant.url, settings.qdrant.collection_prefix, settings.qdrant.api_key)
+    from vectorstore.edge import EdgeStore
+
+    return EdgeStore(settings.qdrant.path)
+
+
+def build_encoder(settings: Settings, progress: bool = False) -> TextEncoder:
+    """The text featuriser named by the settings, with its disk cache."""
+    return make_encoder(settings.model.encoder, settings.model.text_cache, progress)
+
+
+def build_model(settings: Settings, encoder: TextEncoder) -> VectorModel:
+    """The vector model: a trained model directory when configured, else text propagation."""
+    if settings.model.dir is not None:
+        raise NotImplementedError(
+            f"model.dir={str(settings.model.dir)!r}: loading trained models arrives with the graph foundation "
+            "model; unset GFM_MODEL__DIR to use the text-propagation model"
+        )
+    return TextPropagationModel(encoder.name, encoder.dim, settings.model.neighbour_weight,
+                                settings.streams.history_per_type)
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    """The Faust app's configuration."""
+    return StreamConfig(
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        app_id=settings.streams.app_id,
+        topic_prefix=settings.kafka.topic_prefix,
+        partitions=settings.kafka.partitions,
+        take_max=settings.streams.take_max,
+        take_within_s=settings.streams.take_within_s,
+        min_stream_ms=settings.streams.min_stream_ms,
+        producer_max_batch_size=settings.streams.producer_max_batch_size,
+        datadir=str(settings.var_dir / "faust"),
+        graph=settings.streams.graph_config(),
+    )
+
+
+def run_streams(settings: Settings) -> None:
+    """Run the Faust worker (blocks)."""
+    import faust
+
+    ensure_topics(settings.kafka)
+    registry = CollectorRegistry()
+    start_http_server(settings.streams.metrics_port, addr="127.0.0.1", registry=registry)
+    app = create_app(stream_config(settings), StreamMetrics.create(registry))
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker.execute_from_commandline()
+
+
+def start_refresher(settings: Settings, store: VectorStore, registry: CollectorRegistry) -> RefresherLoop:
+    """Start the refresher loop in a thread of this process."""
+    ensure_topics(settings.kafka)
+    encoder = build_encoder(settings)
+    refresher = Refresher(store, build_model(settings, encoder), encoder, RefresherMetrics.create(registry),
+                          settings.refresher)
+    return RefresherLoop(refresher, settings.kafka).start()
+
+
+def run_refresher(settings: Settings) -> None:
+    """Run the refresher alone (blocks); its metrics are served on ``refresher.metrics_port``."""
+    registry = CollectorRegistry()
+    start_http_server(settings.refresher.metrics_port, addr="127.0.0.1", registry=registry)
+    loop = start_refresher(settings, build_store(settings), registry)
+    try:
+        while loop.alive:
+            loop.stop_event.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.stop()
+        loop.refresher.store.close()
+    if loop.error is not None:
+        raise SystemExit(f"refresher failed: {loop.error}")
+
+
+def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
+    """Run the query API (blocks). With the embedded store, the refresher runs in this process too, since a
+    qdrant-edge shard can be opened by one process only."""
+    import uvicorn
+
+    from vectorstore.api import create_api
+
+    registry = CollectorRegistry()
+    store = build_store(settings)
+    embedded = not settings.qdrant.url
+    loop = start_refresher(settings, store, registry) if (with_refresher or embedded) else None
+    if loop is None:
+        store.ensure(build_model(settings, build_encoder(settings)).dim)
+    producer = make_producer(settings.kafka)
+    sink = EventSink(producer, settings.kafka)
+
+    def health() -> dict[str, Any]:
+        if loop is None:
+            return {}
+        return {
+            "ok": loop.alive and loop.error is None,
+            "refresher": {
+                "alive": loop.alive,
+                "caught_up": loop.caught_up.is_set(),
+                "error": None if loop.error is None else str(loop.error),
+                "items_refreshed": loop.refresher.items_refreshed,
+                "users_refreshed": loop.refresher.users_refreshed,
+            },
+        }
+
+    app = create_api(store, sink, registry, settings.api.max_k, health)
+    try:
+        uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning")
+    finally:
+        if loop is not None:
+            loop.stop()
+        producer.close()
+        store.close()

