@@ -1,0 +1,29 @@
+import socket
+from pathlib import Path
+
+import pytest
+
+from workers.settings import ApiSettings, KafkaSettings, ModelSettings, QdrantSettings, Settings, StreamSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_settings(root: Path, encoder: str = "hashing", **streams: object) -> Settings:
+    """Settings for one isolated stack under ``root``, on free loopback ports."""
+    return Settings(
+        var_dir=root,
+        kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", partitions=2),
+        qdrant=QdrantSettings(path=root / "qdrant"),
+        api=ApiSettings(port=free_port()),
+        streams=StreamSettings(metrics_port=free_port(), **streams),  # type: ignore[arg-type]
+        model=ModelSettings(encoder=encoder, text_cache=root / "text-cache"),
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)

@@ -1,0 +1,87 @@
+"""The same calls on the embedded engine (qdrant-edge) and on qdrant-client (the server's stand-in here)
+give the same answers."""
+
+import time
+
+import numpy as np
+import pytest
+
+from vectorstore.base import ItemPoint, UserPoint
+from vectorstore.edge import EdgeStore
+from vectorstore.errors import DimensionMismatch
+from vectorstore.server import ServerStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stores(tmp_path):
+    edge, server = EdgeStore(tmp_path / "edge"), ServerStore(":memory:")
+    yield edge, server
+    edge.close()
+    server.close()
+
+
+def _points(rng, n=300, dim=16):
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    return [ItemPoint(f"i{k}", ("podcast", "audiobook", "show")[k % 3], f"title {k}", vectors[k], "v1", time.time())
+            for k in range(n)]
+
+
+def test_same_calls_same_results(stores):
+    rng = np.random.default_rng(0)
+    points = _points(rng)
+    user = UserPoint("u1", points[0].vector, "v1", 1.0, 2.0, [f"i{k}" for k in range(0, 60, 2)], {"podcast": 30})
+    queries = rng.normal(size=(10, 16)).astype(np.float32)
+    answers = []
+    for store in stores:
+        store.ensure(16)
+        store.upsert_items(points)
+        store.upsert_items([ItemPoint("i5", "podcast", "renamed", points[5].vector, "v2", 9.0)])  # an update
+        store.upsert_users([user])
+        got = store.get_user("u1")
+        run = {
+            "count": store.count_items(),
+            "user": (got.user_id, got.consumed, got.counts, got.event_ts),
+            "item": (store.get_item("i5").title, store.get_item("i5").model_version, store.get_item("zz")),
+            "searches": [],
+        }
+        for query in [got.vector, *queries]:
+            for item_type in (None, "podcast", "audiobook"):
+                hits = store.search(query, 10, item_type=item_type, exclude=got.consumed)
+                run["searches"].append([(h.item_id, h.item_type, round(h.score, 4)) for h in hits])
+        answers.append(run)
+    edge, server = answers
+    assert edge["count"] == server["count"] == 300
+    assert edge["user"] == server["user"]
+    assert edge["item"] == server["item"] == ("renamed", "v2", None)
+    assert edge["searches"] == server["searches"]
+    consumed = set(user.consumed)
+    for hits in edge["searches"]:
+        assert not consumed & {h[0] for h in hits}
+
+
+def test_types_filter_and_exclusion_happen_inside_the_query(stores):
+    """Excluding 9 of the 10 podcasts still returns the 10th, ranked among podcasts only: a post-filter over
+    a global top-k would return nothing."""
+    rng = np.random.default_rng(2)
+    points = _points(rng, n=30)
+    podcasts = [p.item_id for p in points if p.item_type == "podcast"]
+    for store in stores:
+        store.ensure(16)
+        store.upsert_items(points)
+        hits = store.search(points[1].vector, 1, item_type="podcast", exclude=podcasts[:-1])
+        assert [h.item_id for h in hits] == [podcasts[-1]]
+
+
+def test_reopening_the_edge_store_keeps_points_and_checks_dimensions(tmp_path):
+    store = EdgeStore(tmp_path)
+    store.ensure(16)
+    store.upsert_items(_points(np.random.default_rng(3), n=5))
+    store.close()
+    again = EdgeStore(tmp_path)
+    again.ensure(16)
+    assert again.count_items() == 5
+    again.close()
+    with pytest.raises(DimensionMismatch, match="16-dim"):
+        EdgeStore(tmp_path).ensure(32)

@@ -1,0 +1,106 @@
+import json
+
+import pytest
+
+from models.graph import CoGraph, GraphConfig, Pair, apply_consumption, build_graph, merge_neighbour, new_user_state
+from models.synthetic import generate
+from streams.agents import StreamConfig, fold_events, fold_pairs
+
+
+def test_first_consumption_pairs_with_recent_items_both_ways():
+    state = new_user_state()
+    config = GraphConfig(window=2)
+    apply_consumption(state, "e1", "a", "podcast", 1.0, config)
+    apply_consumption(state, "e2", "b", "audiobook", 2.0, config)
+    _, pairs = apply_consumption(state, "e3", "c", "podcast", 3.0, config)
+    assert sorted((p.src, p.dst) for p in pairs) == [("a", "c"), ("b", "c"), ("c", "a"), ("c", "b")]
+    assert state["counts"] == {"podcast": 2, "audiobook": 1}
+
+
+def test_window_limits_pairs_to_most_recent_items():
+    state = new_user_state()
+    config = GraphConfig(window=1)
+    for n, item in enumerate("abc"):
+        _, pairs = apply_consumption(state, f"e{n}", item, "t", float(n), config)
+    assert {(p.src, p.dst) for p in pairs} == {("c", "b"), ("b", "c")}
+
+
+def test_relistening_moves_item_to_front_but_adds_no_pairs():
+    state = new_user_state()
+    config = GraphConfig()
+    apply_consumption(state, "e1", "a", "t", 1.0, config)
+    apply_consumption(state, "e2", "b", "t", 2.0, config)
+    changed, pairs = apply_consumption(state, "e3", "a", "t", 3.0, config)
+    assert changed and pairs == []
+    assert [row[0] for row in state["recent"]["t"]] == ["b", "a"]
+
+
+def test_redelivered_event_changes_nothing():
+    state = new_user_state()
+    apply_consumption(state, "e1", "a", "t", 1.0, GraphConfig())
+    before = json.dumps(state)
+    assert apply_consumption(state, "e1", "a", "t", 1.0, GraphConfig()) == (False, [])
+    assert json.dumps(state) == before
+
+
+def test_history_is_bounded_per_type():
+    state = new_user_state()
+    config = GraphConfig(history_per_type=3, max_consumed=4)
+    for n in range(10):
+        apply_consumption(state, f"e{n}", f"i{n}", "t", float(n), config)
+    apply_consumption(state, "x", "j", "u", 99.0, config)
+    assert [row[0] for row in state["recent"]["t"]] == ["i7", "i8", "i9"]
+    assert state["recent"]["u"] == [["j", 99.0]]
+    assert len(state["consumed"]) == 4
+
+
+def test_degree_cap_evicts_lightest_then_oldest_edge():
+    adjacency: dict = {}
+    merge_neighbour(adjacency, Pair("x", "t", "a", "t", 1.0), 2)
+    merge_neighbour(adjacency, Pair("x", "t", "a", "t", 2.0), 2)  # a: weight 2
+    merge_neighbour(adjacency, Pair("x", "t", "b", "t", 3.0), 2)  # b: weight 1, older than c
+    merge_neighbour(adjacency, Pair("x", "t", "c", "t", 4.0), 2)
+    assert set(adjacency) == {"a", "c"}
+    assert adjacency["a"][1] == 2
+
+
+def test_edge_weight_counts_users_not_plays():
+    rows = [("1", "u1", "a", "t", 1.0), ("2", "u1", "b", "t", 2.0), ("3", "u1", "a", "t", 3.0),
+            ("4", "u1", "b", "t", 4.0), ("5", "u2", "a", "t", 5.0), ("6", "u2", "b", "t", 6.0)]
+    graph = build_graph(rows)
+    assert graph.adjacency["a"]["b"][1] == 2
+    assert graph.adjacency["b"]["a"][1] == 2
+
+
+@pytest.mark.parametrize("max_degree", [3, 100])
+def test_stream_folds_build_the_same_graph_as_the_batch_builder(max_degree):
+    """Micro-batched stream processing (events -> pairs -> adjacency) equals the batch build."""
+    data = generate(users=40, items_per_type=15, events_per_user=12, seed=3)
+    types = {i.item_id: i.item_type for i in data.items}
+    rows = [(f"e{n}", e.user_id, e.item_id, types[e.item_id], e.ts) for n, e in enumerate(data.events)]
+    batch = build_graph(rows, GraphConfig(max_degree=max_degree))
+
+    config = StreamConfig(partitions=3, graph=GraphConfig(max_degree=max_degree))
+    users: dict = {}
+    adjacency: dict = {}
+    for start in range(0, len(rows), 37):
+        messages = [
+            (json.dumps([{"event_id": r[0], "user_id": r[1], "item_id": r[2], "item_type": r[3], "ts": r[4]}
+                         for r in rows[start : start + 37]]).encode(), 0.0)
+        ]
+        events = fold_events(messages, users.get, config)
+        users.update(events.users)
+        # one partition's pairs arrive in order; partitions are independent because each item lives in one
+        for partition in sorted(events.pairs):
+            touched = fold_pairs([json.dumps(events.pairs[partition]).encode()], adjacency.get, max_degree)
+            adjacency.update(touched)
+
+    assert {k: v["adj"] for k, v in adjacency.items()} == batch.adjacency
+    assert users == batch.users
+
+
+def test_cograph_edges_lists_every_directed_edge():
+    graph = CoGraph()
+    graph.consume("1", "u", "a", "t", 1.0)
+    graph.consume("2", "u", "b", "t", 2.0)
+    assert sorted(graph.edges()) == [("a", "b", 1), ("b", "a", 1)]

@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from streams.agents import StreamConfig, counts_as_consumption, fold_events, partition_for
+from streams.errors import InvalidRecord
+from streams.records import ListenEvent, decode_pack, validate_catalog_item, validate_event
+
+GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "item_type": "podcast", "ts": 1.7e9}
+
+
+def test_valid_event_round_trips():
+    event = validate_event(GOOD)
+    assert (event.user_id, event.item_type, event.kind, event.ms_played) == ("u1", "podcast", "stream", None)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"ts": -1}, "ts"),
+        ({"ts": "yesterday"}, "ts"),
+        ({"user_id": ""}, "user_id"),
+        ({"item_id": None}, "item_id"),
+        ({"item_type": "Pod Cast"}, "item_type"),
+        ({"kind": "skip"}, "kind"),
+        ({"ms_played": -5}, "ms_played"),
+        ({"event_id": True}, "event_id"),
+    ],
+)
+def test_invalid_event_names_the_field(change, field):
+    with pytest.raises(InvalidRecord) as caught:
+        validate_event({**GOOD, **change})
+    assert caught.value.field == field
+    assert field in str(caught.value)
+
+
+def test_catalog_item_needs_a_title():
+    with pytest.raises(InvalidRecord, match="title"):
+        validate_catalog_item({"item_id": "x", "item_type": "podcast", "title": "  "})
+
+
+def test_pack_keeps_valid_events_and_reports_bad_ones():
+    raw = json.dumps([GOOD, {**GOOD, "ts": 0}, {**GOOD, "event_id": "e2"}]).encode()
+    valid, rejected = decode_pack(raw, validate_event)
+    assert [e.event_id for e in valid] == ["e1", "e2"]
+    assert [error.field for _, error in rejected] == ["ts"]
+
+
+def test_unreadable_message_is_rejected_whole():
+    with pytest.raises(InvalidRecord) as caught:
+        decode_pack(b"\xff not json", validate_event)
+    assert caught.value.field == "<message>"
+
+
+def test_short_streams_and_previews_are_not_consumptions():
+    base = ListenEvent(event_id="e", user_id="u", item_id="i", item_type="t", ts=1.0)
+    assert counts_as_consumption(base, 30_000)
+    assert not counts_as_consumption(ListenEvent(**{**base.asdict(), "ms_played": 1000}), 30_000)
+    assert not counts_as_consumption(ListenEvent(**{**base.asdict(), "kind": "preview"}), 30_000)
+    assert counts_as_consumption(ListenEvent(**{**base.asdict(), "kind": "follow", "ms_played": 0}), 30_000)
+
+
+def test_fold_events_sorts_outcomes_and_dead_letters():
+    messages = [
+        (b"garbage", 1.0),
+        (json.dumps([GOOD, {**GOOD, "event_id": "e2", "item_id": "i2"}, {"user_id": "u"}]).encode(), 2.0),
+        (json.dumps({**GOOD, "event_id": "e3", "kind": "preview"}).encode(), 3.0),
+        (json.dumps(GOOD).encode(), 4.0),
+    ]
+    batch = fold_events(messages, lambda _: None, StreamConfig(partitions=2))
+    assert dict(batch.outcomes) == {"invalid": 2, "consumed": 2, "not_consumption": 1, "duplicate": 1}
+    assert [error.field for _, error in batch.dead] == ["<message>", "ts"]
+    assert batch.sent_at == {"u1": 2.0}
+    pairs = [p for ps in batch.pairs.values() for p in ps]
+    assert {(p.src, p.dst) for p in pairs} == {("i1", "i2"), ("i2", "i1")}
+    for partition, ps in batch.pairs.items():
+        assert all(partition_for(p.src, 2) == partition for p in ps)
+
+
+def test_partition_matches_kafka_default_partitioner():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    partitioner = DefaultPartitioner()
+    for key in ["u1", "user-42", "B00GTW0O86", "6139"]:
+        assert partition_for(key, 4) == partitioner(key.encode(), [0, 1, 2, 3], [0, 1, 2, 3])
