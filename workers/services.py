@@ -68,7 +68,7 @@ def run_streams(settings: Settings) -> None:
 
     ensure_topics(settings.kafka)
     registry = CollectorRegistry()
-    start_http_server(settings.streams.metrics_port, addr="127.0.0.1", registry=registry)
+    start_http_server(settings.streams.metrics_port, addr=settings.metrics_host, registry=registry)
     app = create_app(stream_config(settings), StreamMetrics.create(registry))
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.execute_from_commandline()
@@ -86,7 +86,7 @@ def start_refresher(settings: Settings, store: VectorStore, registry: CollectorR
 def run_refresher(settings: Settings) -> None:
     """Run the refresher alone (blocks); its metrics are served on ``refresher.metrics_port``."""
     registry = CollectorRegistry()
-    start_http_server(settings.refresher.metrics_port, addr="127.0.0.1", registry=registry)
+    start_http_server(settings.refresher.metrics_port, addr=settings.metrics_host, registry=registry)
     loop = start_refresher(settings, build_store(settings), registry)
     try:
         while loop.alive:

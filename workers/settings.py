@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GFM_", env_nested_delimiter="__", extra="ignore")
 
     var_dir: Path = Path("var")
+    metrics_host: str = "127.0.0.1"
+    """Where the workers' Prometheus endpoints bind (0.0.0.0 inside containers)."""
     kafka: KafkaSettings = KafkaSettings()
     qdrant: QdrantSettings = QdrantSettings()
     streams: StreamSettings = StreamSettings()

