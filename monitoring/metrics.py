@@ -17,6 +17,7 @@ class StreamMetrics:
     events: Counter
     dead_letters: Counter
     pairs: Counter
+    pairs_published: Counter
     user_updates: Counter
     item_updates: Counter
     batch_seconds: Histogram
@@ -31,6 +32,8 @@ class StreamMetrics:
                                  ["topic", "field"], registry=registry),
             pairs=Counter("gfm_graph_pairs_total", "Directed co-interaction pairs merged into the graph",
                           registry=registry),
+            pairs_published=Counter("gfm_graph_pairs_published_total",
+                                    "Directed co-interaction pairs published to the pairs topic", registry=registry),
             user_updates=Counter("gfm_user_updates_total", "User refresh requests published", registry=registry),
             item_updates=Counter("gfm_item_updates_total", "Item refresh requests published", registry=registry),
             batch_seconds=Histogram("gfm_stream_batch_seconds", "Time to process one micro-batch",

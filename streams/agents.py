@@ -16,18 +16,19 @@ is then the partition its source messages arrive on, which keeps state right acr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from kafka.partitioner.default import murmur2
 
-from models.graph import Adjacency, GraphConfig, Pair, UserState, apply_consumption, merge_neighbour, new_user_state
+from models.graph import Adjacency, GraphConfig, UserState, apply_consumption, merge_neighbour, new_user_state
 from monitoring.metrics import StreamMetrics
 from streams.errors import InvalidRecord
 from streams.records import DeadLetter, ItemUpdate, ListenEvent, UserUpdate, decode_pack, validate_event
@@ -55,8 +56,16 @@ class StreamConfig:
         return f"{self.topic_prefix}-{name}"
 
 
+PAIRS_PER_MESSAGE = 2000
+"""Pairs per message of the pairs topic (about 60 kB), far below Kafka's default 1 MB message limit."""
+
+
+@functools.lru_cache(maxsize=1 << 17)
 def partition_for(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as aiokafka and kafka-python)."""
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as aiokafka and kafka-python).
+
+    Cached: murmur2 is pure Python here, and every pair of every event needs one.
+    """
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
@@ -76,7 +85,10 @@ class EventBatch:
     users: dict[str, UserState] = field(default_factory=dict)
     sent_at: dict[str, float] = field(default_factory=dict)
     """Per touched user: the earliest produce time (unix s) of the messages that changed them."""
-    pairs: dict[int, list[Pair]] = field(default_factory=lambda: defaultdict(list))
+    pairs: dict[int, dict[str, list[Any]]] = field(default_factory=lambda: defaultdict(dict))
+    """Per partition, per source item: ``[src, src_type, dst, dst_type, ts, dst, dst_type, ts, ...]``, the
+    item's new pairs in order (see :func:`pack_pairs`)."""
+    pair_count: int = 0
     dead: list[tuple[bytes, InvalidRecord]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -121,29 +133,56 @@ def fold_events(
             batch.outcomes["consumed"] += 1
             batch.users[event.user_id] = state
             batch.sent_at[event.user_id] = min(batch.sent_at.get(event.user_id, sent_at), sent_at)
-            for pair in pairs:
-                batch.pairs[partition_for(pair.src, config.partitions)].append(pair)
+            for src, src_type, dst, dst_type, pair_ts in pairs:
+                groups = batch.pairs[partition_for(src, config.partitions)]
+                group = groups.get(src)
+                if group is None:
+                    group = groups[src] = [src, src_type]
+                group += (dst, dst_type, pair_ts)
+            batch.pair_count += len(pairs)
     return batch
+
+
+def pack_pairs(groups: dict[str, list[Any]], per_message: int) -> Iterator[bytes]:
+    """Messages of the pairs topic: JSON lists of source groups, about ``per_message`` pairs each.
+
+    Grouping by source item keeps each item's pairs in order (all that its adjacency depends on) and makes
+    the messages much cheaper to parse than one small list per pair.
+    """
+    chunk: list[list[Any]] = []
+    size = 0
+    for group in groups.values():
+        chunk.append(group)
+        size += (len(group) - 2) // 3
+        if size >= per_message:
+            yield json.dumps(chunk, separators=(",", ":")).encode()
+            chunk, size = [], 0
+    if chunk:
+        yield json.dumps(chunk, separators=(",", ":")).encode()
 
 
 def fold_pairs(
     messages: Iterable[bytes],
     lookup_item: Callable[[str], dict[str, Any] | None],
     max_degree: int,
-) -> dict[str, dict[str, Any]]:
-    """Merge a micro-batch of pair packs into item adjacencies, pair by pair in order.
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Merge a micro-batch of pair messages (see :func:`pack_pairs`) into item adjacencies, in order.
 
     Returns:
-        Each touched item's entry ``{"type": item_type, "adj": Adjacency}``.
+        Each touched item's entry ``{"type": item_type, "adj": Adjacency}``, and how many pairs were merged.
     """
     touched: dict[str, dict[str, Any]] = {}
+    merged = 0
     for raw in messages:
-        for src, src_type, dst, dst_type, ts in json.loads(raw):
-            entry = touched.get(src) or lookup_item(src) or {"type": src_type, "adj": {}}
+        for group in json.loads(raw):
+            src = group[0]
+            entry = touched.get(src) or lookup_item(src) or {"type": group[1], "adj": {}}
             adjacency: Adjacency = entry["adj"]
-            merge_neighbour(adjacency, Pair(src, src_type, dst, dst_type, ts), max_degree)
+            for k in range(2, len(group), 3):
+                merge_neighbour(adjacency, group[k], group[k + 1], group[k + 2], max_degree)
             touched[src] = entry
-    return touched
+            merged += (len(group) - 2) // 3
+    return touched, merged
 
 
 def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
@@ -186,44 +225,62 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
                              original=raw_value.decode("latin-1"))
         )
 
+    async def handle_events(events: list[Any]) -> None:
+        started = time.perf_counter()
+        batch = fold_events(
+            ((e.value, e.message.timestamp) for e in events),
+            lambda user_id: users.get(user_id.encode()),
+            config,
+        )
+        for raw_value, error in batch.dead:
+            await send_dead(config.topic("events"), raw_value, error)
+        for user_id, state in batch.users.items():
+            users[user_id.encode()] = state
+            await user_updates.send(
+                key=user_id.encode(),
+                value=UserUpdate(user_id=user_id, state=state, event_ts=batch.sent_at[user_id]),
+            )
+        for partition, groups in batch.pairs.items():
+            for message in pack_pairs(groups, PAIRS_PER_MESSAGE):
+                await pairs_topic.send(value=message, partition=partition)
+        metrics.pairs_published.inc(batch.pair_count)
+        for outcome, n in batch.outcomes.items():
+            metrics.events.labels(outcome).inc(n)
+        metrics.user_updates.inc(len(batch.users))
+        metrics.batch_seconds.labels("events").observe(time.perf_counter() - started)
+
+    async def handle_pairs(values: list[bytes]) -> None:
+        started = time.perf_counter()
+        touched, merged = fold_pairs(values, lambda item_id: adjacency.get(item_id.encode()),
+                                     config.graph.max_degree)
+        for item_id, entry in touched.items():
+            adjacency[item_id.encode()] = entry
+            await item_updates.send(
+                key=item_id.encode(),
+                value=ItemUpdate(item_id=item_id, item_type=entry["type"], adjacency=entry["adj"]),
+            )
+        metrics.pairs.inc(merged)
+        metrics.item_updates.inc(len(touched))
+        metrics.batch_seconds.labels("edges").observe(time.perf_counter() - started)
+
+    async def guarded(handler: Callable[[Any], Awaitable[None]], batch: Any) -> None:
+        try:
+            await handler(batch)
+        except Exception as error:
+            # A crashed agent would leave the worker up but idle: stop the worker instead, so that its
+            # supervisor restarts it and the unacknowledged messages are delivered again.
+            log.critical("stream agent crashed: %r; stopping the worker", error)
+            await app.crash(error)
+            raise
+
     @app.agent(events_topic)
     async def process_events(stream: faust.StreamT) -> None:
         async for events in stream.take_events(config.take_max, within=config.take_within_s):
-            started = time.perf_counter()
-            batch = fold_events(
-                ((e.value, e.message.timestamp) for e in events),
-                lambda user_id: users.get(user_id.encode()),
-                config,
-            )
-            for raw_value, error in batch.dead:
-                await send_dead(config.topic("events"), raw_value, error)
-            for user_id, state in batch.users.items():
-                users[user_id.encode()] = state
-                await user_updates.send(
-                    key=user_id.encode(),
-                    value=UserUpdate(user_id=user_id, state=state, event_ts=batch.sent_at[user_id]),
-                )
-            for partition, pairs in batch.pairs.items():
-                await pairs_topic.send(value=json.dumps(pairs).encode(), partition=partition)
-            for outcome, n in batch.outcomes.items():
-                metrics.events.labels(outcome).inc(n)
-            metrics.user_updates.inc(len(batch.users))
-            metrics.batch_seconds.labels("events").observe(time.perf_counter() - started)
+            await guarded(handle_events, events)
 
     @app.agent(pairs_topic)
     async def update_edges(stream: faust.StreamT) -> None:
         async for values in stream.take(config.take_max, within=config.take_within_s):
-            started = time.perf_counter()
-            touched = fold_pairs(values, lambda item_id: adjacency.get(item_id.encode()),
-                                 config.graph.max_degree)
-            for item_id, entry in touched.items():
-                adjacency[item_id.encode()] = entry
-                await item_updates.send(
-                    key=item_id.encode(),
-                    value=ItemUpdate(item_id=item_id, item_type=entry["type"], adjacency=entry["adj"]),
-                )
-            metrics.pairs.inc(sum(len(json.loads(v)) for v in values))
-            metrics.item_updates.inc(len(touched))
-            metrics.batch_seconds.labels("edges").observe(time.perf_counter() - started)
+            await guarded(handle_pairs, values)
 
     return app

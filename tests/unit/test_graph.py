@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from models.graph import CoGraph, GraphConfig, Pair, apply_consumption, build_graph, merge_neighbour, new_user_state
+from models.graph import CoGraph, GraphConfig, apply_consumption, build_graph, merge_neighbour, new_user_state
 from models.synthetic import generate
-from streams.agents import StreamConfig, fold_events, fold_pairs
+from streams.agents import StreamConfig, fold_events, fold_pairs, pack_pairs
 
 
 def test_first_consumption_pairs_with_recent_items_both_ways():
@@ -13,7 +13,7 @@ def test_first_consumption_pairs_with_recent_items_both_ways():
     apply_consumption(state, "e1", "a", "podcast", 1.0, config)
     apply_consumption(state, "e2", "b", "audiobook", 2.0, config)
     _, pairs = apply_consumption(state, "e3", "c", "podcast", 3.0, config)
-    assert sorted((p.src, p.dst) for p in pairs) == [("a", "c"), ("b", "c"), ("c", "a"), ("c", "b")]
+    assert sorted((p[0], p[2]) for p in pairs) == [("a", "c"), ("b", "c"), ("c", "a"), ("c", "b")]
     assert state["counts"] == {"podcast": 2, "audiobook": 1}
 
 
@@ -22,7 +22,7 @@ def test_window_limits_pairs_to_most_recent_items():
     config = GraphConfig(window=1)
     for n, item in enumerate("abc"):
         _, pairs = apply_consumption(state, f"e{n}", item, "t", float(n), config)
-    assert {(p.src, p.dst) for p in pairs} == {("c", "b"), ("b", "c")}
+    assert {(p[0], p[2]) for p in pairs} == {("c", "b"), ("b", "c")}
 
 
 def test_relistening_moves_item_to_front_but_adds_no_pairs():
@@ -51,17 +51,26 @@ def test_history_is_bounded_per_type():
     apply_consumption(state, "x", "j", "u", 99.0, config)
     assert [row[0] for row in state["recent"]["t"]] == ["i7", "i8", "i9"]
     assert state["recent"]["u"] == [["j", 99.0]]
-    assert len(state["consumed"]) == 4
+    assert list(state["consumed"]) == ["i7", "i8", "i9", "j"]
 
 
-def test_degree_cap_evicts_lightest_then_oldest_edge():
+def test_degree_cap_keeps_heaviest_then_most_recent_edges():
     adjacency: dict = {}
-    merge_neighbour(adjacency, Pair("x", "t", "a", "t", 1.0), 2)
-    merge_neighbour(adjacency, Pair("x", "t", "a", "t", 2.0), 2)  # a: weight 2
-    merge_neighbour(adjacency, Pair("x", "t", "b", "t", 3.0), 2)  # b: weight 1, older than c
-    merge_neighbour(adjacency, Pair("x", "t", "c", "t", 4.0), 2)
-    assert set(adjacency) == {"a", "c"}
+    merge_neighbour(adjacency, "a", "t", 1.0, 2)
+    merge_neighbour(adjacency, "a", "t", 2.0, 2)  # a: weight 2
+    merge_neighbour(adjacency, "b", "t", 3.0, 2)  # b: weight 1, older than d
+    merge_neighbour(adjacency, "c", "t", 0.5, 2)  # c: weight 1, oldest
+    assert set(adjacency) == {"a", "b", "c"}  # below 2 * max_degree nothing is pruned
+    merge_neighbour(adjacency, "d", "t", 4.0, 2)
+    assert set(adjacency) == {"a", "d"}
     assert adjacency["a"][1] == 2
+
+
+def test_degree_never_exceeds_twice_the_cap():
+    adjacency: dict = {}
+    for n in range(1000):
+        merge_neighbour(adjacency, f"n{n % 97}", "t", float(n), 10)
+        assert len(adjacency) < 20
 
 
 def test_edge_weight_counts_users_not_plays():
@@ -92,8 +101,10 @@ def test_stream_folds_build_the_same_graph_as_the_batch_builder(max_degree):
         users.update(events.users)
         # one partition's pairs arrive in order; partitions are independent because each item lives in one
         for partition in sorted(events.pairs):
-            touched = fold_pairs([json.dumps(events.pairs[partition]).encode()], adjacency.get, max_degree)
+            messages = list(pack_pairs(events.pairs[partition], per_message=5))
+            touched, merged = fold_pairs(messages, adjacency.get, max_degree)
             adjacency.update(touched)
+            assert merged == sum((len(g) - 2) // 3 for g in events.pairs[partition].values())
 
     assert {k: v["adj"] for k, v in adjacency.items()} == batch.adjacency
     assert users == batch.users

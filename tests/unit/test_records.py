@@ -71,10 +71,11 @@ def test_fold_events_sorts_outcomes_and_dead_letters():
     assert dict(batch.outcomes) == {"invalid": 2, "consumed": 2, "not_consumption": 1, "duplicate": 1}
     assert [error.field for _, error in batch.dead] == ["<message>", "ts"]
     assert batch.sent_at == {"u1": 2.0}
-    pairs = [p for ps in batch.pairs.values() for p in ps]
-    assert {(p.src, p.dst) for p in pairs} == {("i1", "i2"), ("i2", "i1")}
-    for partition, ps in batch.pairs.items():
-        assert all(partition_for(p.src, 2) == partition for p in ps)
+    groups = {src: group for part in batch.pairs.values() for src, group in part.items()}
+    assert {src: group[2] for src, group in groups.items()} == {"i1": "i2", "i2": "i1"}
+    assert batch.pair_count == 2
+    for partition, part in batch.pairs.items():
+        assert all(partition_for(src, 2) == partition for src in part)
 
 
 def test_partition_matches_kafka_default_partitioner():

@@ -1,0 +1,228 @@
+"""Stream benchmark: agent throughput on a dataset's events, and event -> fresh user vector latency.
+
+    python bench/stream_bench.py --data ../shared/data/movielens-1m [--limit N] [--rate R] [--seconds S]
+
+Phase 1 (throughput): the events are produced into a fresh tansu broker first, then the Faust worker starts
+and we time how fast its agents drain them (metrics scraped from the worker every 0.25 s). Phase 2
+(latency): worker and refresher (embedded Qdrant) run; the catalogue is embedded; events are replayed at a
+fixed rate, and for every refreshed user we record upsert time minus the produce time of the earliest event
+that changed them. Results go to ``bench/results/stream-<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from models.datasets import load_items  # noqa: E402
+from monitoring.metrics import RefresherMetrics  # noqa: E402
+from tests.conftest import make_settings  # noqa: E402
+from workers.kafka_io import EventSink, dataset_events, ensure_topics, make_producer, publish_catalog, replay  # noqa: E402
+from workers.refresher import Refresher, RefresherLoop  # noqa: E402
+from workers.services import build_encoder, build_model, build_store  # noqa: E402
+from workers.settings import Settings  # noqa: E402
+from workers.stack import settings_env, start_broker  # noqa: E402
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's metrics as ``{sample line name with labels: value}``."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("gfm_") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def events_seen(metrics: dict[str, float]) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("gfm_stream_events_total{"))
+
+
+def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings_env(settings)}
+    log = (settings.var_dir / "streams.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "streams"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def throughput(data: Path, limit: int | None, root: Path, **streams: int) -> dict[str, float]:
+    settings = make_settings(root / "throughput", **streams)
+    broker = start_broker(settings.kafka.bootstrap, root / "broker1.log")
+    worker = None
+    try:
+        ensure_topics(settings.kafka)
+        producer = make_producer(settings.kafka)
+        events, total = dataset_events(data, limit)
+        produced = replay(events, EventSink(producer, settings.kafka, pack_size=200), total, progress=False)
+        producer.close()
+        print(f"preloaded {produced.sent} events in {produced.seconds:.1f} s "
+              f"({produced.events_per_s:.0f} events/s produced)", flush=True)
+        worker = start_worker(settings)
+        first = last = None
+        seen = 0.0
+        pairs_last_change = pairs = 0.0
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited; see {settings.var_dir / 'streams.log'}")
+            try:
+                metrics = scrape(settings.streams.metrics_port)
+            except OSError:
+                continue
+            now = time.monotonic()
+            count = events_seen(metrics)
+            if count > 0 and first is None:
+                first = (now, count)
+            if count > seen:
+                seen, last = count, now
+            new_pairs = metrics.get("gfm_graph_pairs_total", 0.0)
+            if new_pairs > pairs:
+                pairs, pairs_last_change = new_pairs, now
+            if seen >= produced.sent and pairs >= metrics.get("gfm_graph_pairs_published_total", 0.0):
+                break
+            if first is not None and now - max(last or 0, pairs_last_change) > 60:
+                raise RuntimeError(f"no progress for 60 s at {seen} events; see {settings.var_dir}")
+        assert first is not None and last is not None
+        span = last - first[0]
+        events_per_s = (seen - first[1]) / span if span > 0 else float("nan")
+        return {
+            "events": seen,
+            "produced_events_per_s": round(produced.events_per_s),
+            "agent_events_per_s": round(events_per_s),
+            "events_drained_s": round(span, 2),
+            "graph_done_s": round(pairs_last_change - first[0], 2),
+            "pairs_merged": pairs,
+            "worker_peak_rss_mib": round(peak_rss_mib(worker.pid)),
+        }
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(20)
+        broker.terminate()
+        broker.wait(10)
+
+
+class Recorder:
+    """Stands in for the freshness histogram and keeps every observation."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+
+
+def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path) -> dict[str, float]:
+    settings = make_settings(root / "latency", encoder=encoder)
+    broker = start_broker(settings.kafka.bootstrap, root / "broker2.log")
+    worker = None
+    loop = None
+    try:
+        ensure_topics(settings.kafka)
+        worker = start_worker(settings)
+        producer = make_producer(settings.kafka)
+        published = publish_catalog(producer, settings.kafka, load_items(data))
+        metrics = RefresherMetrics.create(CollectorRegistry())
+        recorder = Recorder()
+        metrics.freshness_seconds = recorder  # type: ignore[assignment]
+        store = build_store(settings)
+        encoder_ = build_encoder(settings, progress=True)
+        refresher = Refresher(store, build_model(settings, encoder_), encoder_, metrics, settings.refresher)
+        loop = RefresherLoop(refresher, settings.kafka).start()
+        started = time.monotonic()
+        while len(refresher.graph) < published:
+            time.sleep(0.2)
+            if loop.error:
+                raise loop.error
+        print(f"catalogue of {published} items embedded in {time.monotonic() - started:.1f} s", flush=True)
+        time.sleep(8)  # let the worker join its group before the clock starts
+        events, _ = dataset_events(data, int(rate * seconds))
+        sent = replay(events, EventSink(producer, settings.kafka), int(rate * seconds), rate=rate, progress=False)
+        time.sleep(5)
+        values = sorted(recorder.values)
+        quantiles = statistics.quantiles(values, n=100) if len(values) > 1 else [float("nan")] * 99
+        return {
+            "rate": rate,
+            "seconds": seconds,
+            "events_sent": sent.sent,
+            "achieved_rate": round(sent.events_per_s),
+            "user_refreshes": len(values),
+            "p50_s": round(quantiles[49], 3),
+            "p95_s": round(quantiles[94], 3),
+            "p99_s": round(quantiles[98], 3),
+            "max_s": round(values[-1], 3) if values else float("nan"),
+            "encoder": encoder,
+        }
+    finally:
+        if loop is not None:
+            loop.stop()
+            loop.refresher.store.close()
+        if worker is not None:
+            worker.terminate()
+            worker.wait(20)
+        broker.terminate()
+        broker.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens-1m")
+    parser.add_argument("--limit", type=int, default=None, help="events for the throughput phase (all)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="events/s in the latency phase")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of the latency phase")
+    parser.add_argument("--encoder", default="minilm", choices=["minilm", "hashing"])
+    parser.add_argument("--skip", choices=["throughput", "latency"], default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--producer-batch-bytes", type=int, default=None,
+                        help="the worker's producer_max_batch_size (default: the settings' default, 1 for tansu)")
+    parser.add_argument("--take-max", type=int, default=None, help="messages per agent micro-batch")
+    args = parser.parse_args()
+    results: dict[str, object] = {
+        "dataset": args.data.resolve().name,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+    }
+    tmp = tempfile.mkdtemp(prefix="gfm-bench-")  # kept when a phase fails, for its logs
+    if args.skip != "throughput":
+        overrides = {k: v for k, v in {"producer_max_batch_size": args.producer_batch_bytes,
+                                       "take_max": args.take_max}.items() if v is not None}
+        results["throughput"] = throughput(args.data, args.limit, Path(tmp), **overrides)
+        print(json.dumps(results["throughput"], indent=2), flush=True)
+    if args.skip != "latency":
+        results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp))
+        print(json.dumps(results["latency"], indent=2), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    out = args.out or ROOT / "bench" / "results" / f"stream-{results['dataset']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
