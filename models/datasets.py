@@ -43,8 +43,7 @@ def _rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str,
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise DatasetError(f"{path}: header lacks column(s) {missing}")
-        for line, row in enumerate(reader, start=2):
-            yield line, row
+        yield from enumerate(reader, start=2)
 
 
 def load_items(folder: Path) -> list[Item]:

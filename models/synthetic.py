@@ -59,10 +59,8 @@ def generate(
         liked = rng.choice(len(TOPICS), size=2, replace=False)
         start = t0 + float(rng.uniform(0, 86_400))
         for k in range(events_per_user):
-            if rng.random() < 0.85:
-                pool = by_topic.get(int(rng.choice(liked)), all_ids)
-            else:
-                pool = all_ids
+            # 85% of plays come from the user's two topics, the rest from anywhere
+            pool = by_topic.get(int(rng.choice(liked)), all_ids) if rng.random() < 0.85 else all_ids
             events.append(Event(f"u{u:04d}", str(rng.choice(pool)), start + 60.0 * k))
     events.sort(key=lambda e: e.ts)
     return SyntheticData(items, events, topic_of)

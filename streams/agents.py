@@ -45,6 +45,7 @@ class StreamConfig:
     topic_prefix: str = "gfm"
     partitions: int = 4
     take_max: int = 100
+    pairs_take_max: int = 500
     take_within_s: float = 0.1
     min_stream_ms: int = 30_000
     producer_max_batch_size: int = 1
@@ -112,12 +113,12 @@ def fold_events(
     for raw, sent_at in messages:
         try:
             events, rejected = decode_pack(raw, validate_event)
-        except InvalidRecord as error:
-            batch.dead.append((raw, error))
+        except InvalidRecord as unreadable:
+            batch.dead.append((raw, unreadable))
             batch.outcomes["invalid"] += 1
             continue
-        for element, error in rejected:
-            batch.dead.append((json.dumps(element, default=str).encode(), error))
+        for element, reason in rejected:
+            batch.dead.append((json.dumps(element, default=str).encode(), reason))
             batch.outcomes["invalid"] += 1
         for event in events:
             if not counts_as_consumption(event, config.min_stream_ms):
@@ -275,12 +276,14 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
 
     @app.agent(events_topic)
     async def process_events(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(config.take_max, within=config.take_within_s):
+        # take_events (not in faust's type stubs) keeps each message's timestamp, for freshness
+        takes = stream.take_events(config.take_max, within=config.take_within_s)  # type: ignore[attr-defined]
+        async for events in takes:
             await guarded(handle_events, events)
 
     @app.agent(pairs_topic)
     async def update_edges(stream: faust.StreamT) -> None:
-        async for values in stream.take(config.take_max, within=config.take_within_s):
+        async for values in stream.take(config.pairs_take_max, within=config.take_within_s):
             await guarded(handle_pairs, values)
 
     return app

@@ -1,7 +1,8 @@
 """Typed records of the stream's topics, and their validation at the boundary.
 
 One :class:`faust.Record` per topic. The ingress topics (events, catalogue) arrive as raw bytes so that a
-malformed message can be sent to the dead-letter topic with its original bytes: :func:`decode_pack` validates them and raise :class:`~streams.errors.InvalidRecord` naming the field.
+malformed message can be sent to the dead-letter topic with its original bytes: :func:`decode_pack` validates them
+and raises :class:`~streams.errors.InvalidRecord` naming the field.
 
 An events message holds one event (a JSON object) or a pack of events (a JSON array): producers pack events
 by partition, which is what makes the stream fast (one Kafka message per ~hundreds of events).

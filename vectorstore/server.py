@@ -83,8 +83,8 @@ class ServerStore(VectorStore):
         must: list[m.Condition] = (
             [m.FieldCondition(key="item_type", match=m.MatchValue(value=item_type))] if item_type else []
         )
-        excluded = [item_point_id(i) for i in exclude]
-        must_not: list[m.Condition] = [m.HasIdCondition(has_id=excluded)] if excluded else []  # type: ignore[list-item]
+        excluded: list[m.ExtendedPointId] = [item_point_id(i) for i in exclude]
+        must_not: list[m.Condition] = [m.HasIdCondition(has_id=excluded)] if excluded else []
         result = self.client.query_points(
             self.items,
             query=vector.tolist(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -44,10 +45,8 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
             if kafka.topic(name) not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
                 admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics %s", [t.name for t in wanted])
     finally:
         admin.close()

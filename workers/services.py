@@ -54,6 +54,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         topic_prefix=settings.kafka.topic_prefix,
         partitions=settings.kafka.partitions,
         take_max=settings.streams.take_max,
+        pairs_take_max=settings.streams.pairs_take_max,
         take_within_s=settings.streams.take_within_s,
         min_stream_ms=settings.streams.min_stream_ms,
         producer_max_batch_size=settings.streams.producer_max_batch_size,

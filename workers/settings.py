@@ -42,7 +42,10 @@ class StreamSettings(BaseModel):
     """The Faust worker."""
 
     app_id: str = "gfm-streams"
-    take_max: int = Field(100, ge=1, description="messages per micro-batch")
+    take_max: int = Field(100, ge=1, description="event messages (packs of events) per micro-batch")
+    pairs_take_max: int = Field(
+        500, ge=1, description="pair messages per micro-batch: larger batches write each touched item less often"
+    )
     take_within_s: float = Field(0.1, gt=0)
     min_stream_ms: int = Field(30_000, ge=0, description="a stream shorter than this is not a consumption")
     producer_max_batch_size: int = Field(

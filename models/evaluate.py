@@ -1,0 +1,214 @@
+"""The evaluation protocols of ``../shared/data/README.md`` and the metrics, for any folder in that layout.
+
+* **time split** (no ``holdout.tsv``): cut at the 90th percentile of ``ts``; train on events before it; a test
+  user of type T has an event before the cut and, after it, a type-T event on an item they had not consumed
+  before; the target is the first such item.
+* **user holdout** (``holdout.tsv`` present): train on all of ``events.tsv``; the targets are the ``test``
+  rows (``valid`` rows are for model selection).
+
+Every model ranks the full catalogue of the target's type, minus what the user consumed in training; ties are
+broken by popularity. Metrics: HR@10, MRR (over the top 100), NDCG@10, coverage@100.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.datasets import Item, iter_events, load_items
+
+K_HIT = 10
+K_LIST = 100
+
+
+@dataclass
+class Split:
+    """A dataset cut into training events and per-type test targets.
+
+    Attributes:
+        items: the catalogue; an item's index is its position here.
+        type_names: item type names; ``item_type[i]`` indexes into it.
+        train: training events as ``(user, item index, ts)`` in time order.
+        histories: each user's training items in time order.
+        targets: per type name, ``(user, target item index)`` pairs.
+        protocol: ``time-split`` or ``user-holdout``.
+        cut: the time split's cut (None for the holdout protocol).
+    """
+
+    name: str
+    items: list[Item]
+    index: dict[str, int]
+    type_names: list[str]
+    item_type: np.ndarray
+    train: list[tuple[str, int, float]]
+    histories: dict[str, list[int]]
+    targets: dict[str, list[tuple[str, int]]]
+    protocol: str
+    cut: float | None = None
+    popularity: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.popularity = np.bincount([i for _, i, _ in self.train], minlength=len(self.items)).astype(np.float64)
+
+    def items_of(self, type_name: str) -> np.ndarray:
+        """Indices of the items of one type."""
+        return np.flatnonzero(self.item_type == self.type_names.index(type_name))
+
+
+def load_split(folder: Path, split: str = "test") -> Split:
+    """Load ``folder`` and cut it by its protocol (``split`` picks the holdout rows: ``test`` or ``valid``)."""
+    items = load_items(folder)
+    index = {item.item_id: n for n, item in enumerate(items)}
+    type_names = sorted({item.item_type for item in items})
+    item_type = np.array([type_names.index(item.item_type) for item in items])
+    events = [(e.user_id, index[e.item_id], e.ts) for e in iter_events(folder) if e.item_id in index]
+    holdout = folder / "holdout.tsv"
+    targets: dict[str, list[tuple[str, int]]] = {t: [] for t in type_names}
+    if holdout.exists():
+        train = events
+        histories = _histories(train)
+        with holdout.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                if row["split"] == split and row["item_id"] in index:
+                    target = index[row["item_id"]]
+                    targets[type_names[item_type[target]]].append((row["user_id"], target))
+        return Split(folder.resolve().name, items, index, type_names, item_type, train, histories, targets,
+                     "user-holdout")
+    cut = float(np.percentile([ts for _, _, ts in events], 90))
+    train = [e for e in events if e[2] < cut]
+    histories = _histories(train)
+    consumed = {u: set(h) for u, h in histories.items()}
+    found: dict[tuple[str, str], int] = {}
+    for user, item, ts in events:
+        if ts < cut or user not in consumed or item in consumed[user]:
+            continue
+        key = (user, type_names[item_type[item]])
+        found.setdefault(key, item)
+    for (user, type_name), item in found.items():
+        targets[type_name].append((user, item))
+    return Split(folder.resolve().name, items, index, type_names, item_type, train, histories, targets,
+                 "time-split", cut)
+
+
+def _histories(events: list[tuple[str, int, float]]) -> dict[str, list[int]]:
+    histories: dict[str, list[int]] = {}
+    for user, item, _ in events:
+        histories.setdefault(user, []).append(item)
+    return histories
+
+
+Scorer = Callable[[list[str], np.ndarray], np.ndarray]
+"""``scorer(users, candidates)`` -> scores of shape ``(len(users), len(candidates))``, higher is better."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of the evaluation table."""
+
+    dataset: str
+    model: str
+    item_type: str
+    users: int
+    hr10: float
+    mrr: float
+    ndcg10: float
+    cov100: float
+
+    def row(self) -> dict[str, object]:
+        """The JSON row."""
+        return {"dataset": self.dataset, "model": self.model, "item_type": self.item_type, "users": self.users,
+                "hr10": round(self.hr10, 4), "mrr": round(self.mrr, 4), "ndcg10": round(self.ndcg10, 4),
+                "cov100": round(self.cov100, 4)}
+
+
+def ranks_of_targets(
+    scores: np.ndarray, targets: np.ndarray, exclude: list[np.ndarray], popularity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of each target among the candidates (0 = first) and each user's top 100.
+
+    Args:
+        scores: ``(U, C)`` scores of the candidates.
+        targets: ``(U,)`` column of each user's target.
+        exclude: per user, columns to drop (consumed in training).
+        popularity: ``(C,)`` training counts, the tie-breaker.
+    """
+    order_pop = np.argsort(np.argsort(-popularity, kind="stable"), kind="stable")  # 0 = most popular
+    ranks = np.empty(len(targets), dtype=np.int64)
+    tops = np.empty((len(targets), min(K_LIST, scores.shape[1])), dtype=np.int64)
+    for u in range(len(targets)):
+        s = scores[u].astype(np.float64).copy()
+        s[exclude[u]] = -np.inf
+        target_score = s[targets[u]]
+        better = (s > target_score) | ((s == target_score) & (order_pop < order_pop[targets[u]]))
+        ranks[u] = int(better.sum())
+        k = tops.shape[1]
+        candidates = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+        key = np.lexsort((order_pop[candidates], -s[candidates]))
+        tops[u] = candidates[key][:k]
+    return ranks, tops
+
+
+def evaluate_scorer(split: Split, model: str, scorer: Scorer, type_name: str, batch: int = 512) -> Result:
+    """Run one scorer on one item type's test users."""
+    candidates = split.items_of(type_name)
+    column = {item: c for c, item in enumerate(candidates)}
+    pairs = [(u, column[t]) for u, t in split.targets[type_name] if u in split.histories]
+    ranks_all, seen = [], set()
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        users = [u for u, _ in chunk]
+        scores = scorer(users, candidates)
+        exclude = [np.array([column[i] for i in set(split.histories[u]) if i in column], dtype=np.int64)
+                   for u in users]
+        ranks, tops = ranks_of_targets(scores, np.array([t for _, t in chunk]), exclude,
+                                       split.popularity[candidates])
+        ranks_all.append(ranks)
+        seen.update(tops.ravel().tolist())
+    ranks = np.concatenate(ranks_all) if ranks_all else np.zeros(0, dtype=np.int64)
+    n = max(len(ranks), 1)
+    return Result(
+        dataset=split.name, model=model, item_type=type_name, users=len(ranks),
+        hr10=float((ranks < K_HIT).sum() / n),
+        mrr=float(np.where(ranks < K_LIST, 1.0 / (ranks + 1), 0.0).sum() / n),
+        ndcg10=float(np.where(ranks < K_HIT, 1.0 / np.log2(ranks + 2), 0.0).sum() / n),
+        cov100=len(seen) / max(len(candidates), 1),
+    )
+
+
+def popularity_scorer(split: Split) -> Scorer:
+    """Everyone gets the most consumed items."""
+    return lambda users, candidates: np.tile(split.popularity[candidates], (len(users), 1))
+
+
+def cooc_scorer(split: Split, window: int | None = None) -> Scorer:
+    """Item co-occurrence kNN: an item scores the number of the user's training items it co-occurred with,
+    summed over users who consumed both (within ``window`` consecutive items when given)."""
+    from scipy import sparse
+
+    users = {u: n for n, u in enumerate(split.histories)}
+    rows = [users[u] for u, h in split.histories.items() for _ in set(h)]
+    cols = [i for h in split.histories.values() for i in set(h)]
+    ui = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                           shape=(len(users), len(split.items)))
+    cooc = (ui.T @ ui).tocsr()
+    cooc.setdiag(0)
+
+    def score(batch_users: list[str], candidates: np.ndarray) -> np.ndarray:
+        history = ui[[users[u] for u in batch_users]]
+        return np.asarray((history @ cooc[:, candidates]).todense())
+
+    return score
+
+
+def embedding_scorer(split: Split, item_vectors: np.ndarray, history: int | None = None) -> Scorer:
+    """A user is the mean of their (last ``history``) training items' vectors; items score by dot product."""
+
+    def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
+        profile = np.stack([item_vectors[split.histories[u][-history if history else 0 :]].mean(0) for u in users])
+        return profile @ item_vectors[candidates].T
+
+    return score
