@@ -41,6 +41,8 @@ class LiveGraph:
     types: list[str] = field(default_factory=list)
     titles: list[str] = field(default_factory=list)
     adjacency: dict[str, Adjacency] = field(default_factory=dict)
+    version: int = 0
+    """Bumped by every change of text or adjacency, so models can cache what they derive from the graph."""
     _text: np.ndarray = field(init=False)
     _has_text: np.ndarray = field(init=False)
     _vectors: np.ndarray = field(init=False)
@@ -80,6 +82,13 @@ class LiveGraph:
         self.titles[index] = title
         self._text[index] = embedding
         self._has_text[index] = True
+        self.version += 1
+
+    def set_adjacency(self, item_id: str, item_type: str, adjacency: Adjacency) -> int:
+        """Replace an item's adjacency; returns its row."""
+        self.adjacency[item_id] = adjacency
+        self.version += 1
+        return self.row(item_id, item_type)
 
     def text(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Text embeddings of ``rows``: shape ``(len(rows), text_dim)``; zeros where text is unknown."""

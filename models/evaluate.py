@@ -59,8 +59,14 @@ class Split:
         return np.flatnonzero(self.item_type == self.type_names.index(type_name))
 
 
-def load_split(folder: Path, split: str = "test") -> Split:
-    """Load ``folder`` and cut it by its protocol (``split`` picks the holdout rows: ``test`` or ``valid``)."""
+def load_split(folder: Path, split: str = "test", everything: bool = False) -> Split:
+    """Load ``folder`` and cut it by its protocol.
+
+    Args:
+        folder: a dataset in the shared layout.
+        split: which holdout rows are the targets (``test`` or ``valid``).
+        everything: train on every event and hold nothing out (for a model to serve).
+    """
     items = load_items(folder)
     index = {item.item_id: n for n, item in enumerate(items)}
     type_names = sorted({item.item_type for item in items})
@@ -68,6 +74,9 @@ def load_split(folder: Path, split: str = "test") -> Split:
     events = [(e.user_id, index[e.item_id], e.ts) for e in iter_events(folder) if e.item_id in index]
     holdout = folder / "holdout.tsv"
     targets: dict[str, list[tuple[str, int]]] = {t: [] for t in type_names}
+    if everything:
+        return Split(folder.resolve().name, items, index, type_names, item_type, events, _histories(events),
+                     targets, "all-events")
     if holdout.exists():
         train = events
         histories = _histories(train)
@@ -128,7 +137,8 @@ class Result:
 def ranks_of_targets(
     scores: np.ndarray, targets: np.ndarray, exclude: list[np.ndarray], popularity: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rank of each target among the candidates (0 = first) and each user's top 100.
+    """Rank of each target among the candidates (0 = first) and each user's top 100 (padded with -1 when
+    fewer candidates remain).
 
     Args:
         scores: ``(U, C)`` scores of the candidates.
@@ -148,7 +158,10 @@ def ranks_of_targets(
         k = tops.shape[1]
         candidates = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
         key = np.lexsort((order_pop[candidates], -s[candidates]))
-        tops[u] = candidates[key][:k]
+        ranked = candidates[key][:k]
+        ranked = ranked[np.isfinite(s[ranked])]
+        tops[u] = -1
+        tops[u, : len(ranked)] = ranked
     return ranks, tops
 
 
@@ -167,7 +180,7 @@ def evaluate_scorer(split: Split, model: str, scorer: Scorer, type_name: str, ba
         ranks, tops = ranks_of_targets(scores, np.array([t for _, t in chunk]), exclude,
                                        split.popularity[candidates])
         ranks_all.append(ranks)
-        seen.update(tops.ravel().tolist())
+        seen.update(tops[tops >= 0].ravel().tolist())
     ranks = np.concatenate(ranks_all) if ranks_all else np.zeros(0, dtype=np.int64)
     n = max(len(ranks), 1)
     return Result(

@@ -7,6 +7,7 @@ so the co-interaction graph has real structure (topic clusters) that a recommend
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -64,3 +65,28 @@ def generate(
             events.append(Event(f"u{u:04d}", str(rng.choice(pool)), start + 60.0 * k))
     events.sort(key=lambda e: e.ts)
     return SyntheticData(items, events, topic_of)
+
+
+def write_dataset(data: SyntheticData, folder: Path, holdout: bool = False) -> Path:
+    """Write ``data`` in the shared layout (``items.tsv``, ``events.tsv``; with ``holdout``, each user's last
+    event goes to ``holdout.tsv`` as ``test``), so every dataset tool runs on it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "items.tsv").open("w") as out:
+        out.write("item_id\titem_type\ttitle\ttext\n")
+        for item in data.items:
+            out.write(f"{item.item_id}\t{item.item_type}\t{item.title}\t{item.text}\n")
+    last: dict[str, Event] = {}
+    if holdout:
+        for event in data.events:
+            last[event.user_id] = event
+    with (folder / "events.tsv").open("w") as out:
+        out.write("user_id\titem_id\tts\n")
+        for event in data.events:
+            if last.get(event.user_id) is not event:
+                out.write(f"{event.user_id}\t{event.item_id}\t{int(event.ts)}\n")
+    if holdout:
+        with (folder / "holdout.tsv").open("w") as out:
+            out.write("user_id\titem_id\tsplit\n")
+            for event in last.values():
+                out.write(f"{event.user_id}\t{event.item_id}\ttest\n")
+    return folder

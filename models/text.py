@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -130,28 +130,27 @@ class CachedEncoder:
             for key, blob in self._db.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
                 found[key] = np.frombuffer(blob, dtype=np.float32)
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
-        if missing:
-            fresh = self._encode_missing([t for _, t in missing])
-            rows = [(k, v.astype(np.float32).tobytes()) for (k, _), v in zip(missing, fresh, strict=True)]
-            self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", rows)
+        for fresh_keys, fresh in self._encode_missing(missing):
+            # written chunk by chunk, so an interrupted run keeps what it encoded
+            self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
+                                 [(k, v.astype(np.float32).tobytes()) for k, v in zip(fresh_keys, fresh, strict=True)])
             self._db.commit()
-            found.update({k: v for (k, _), v in zip(missing, fresh, strict=True)})
-            self.encoded += len(missing)
+            found.update(zip(fresh_keys, fresh, strict=True))
+            self.encoded += len(fresh_keys)
         if not keys:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys])
 
-    def _encode_missing(self, texts: list[str]) -> np.ndarray:
-        if not self.progress or len(texts) < 1000:
-            return self.inner.encode(texts)
-        from rich.progress import track
+    def _encode_missing(self, missing: list[tuple[str, str]], step: int = 1024
+                        ) -> Iterator[tuple[list[str], np.ndarray]]:
+        starts = range(0, len(missing), step)
+        if self.progress and len(missing) > step:
+            from rich.progress import track
 
-        step = 512
-        parts = [
-            self.inner.encode(texts[i : i + step])
-            for i in track(range(0, len(texts), step), description=f"encoding {len(texts)} texts")
-        ]
-        return np.concatenate(parts)
+            starts = track(starts, description=f"encoding {len(missing)} texts")  # type: ignore[assignment]
+        for start in starts:
+            chunk = missing[start : start + step]
+            yield [k for k, _ in chunk], self.inner.encode([t for _, t in chunk])
 
 
 def make_encoder(kind: str, cache: Path | None, progress: bool = False) -> TextEncoder:

@@ -38,8 +38,39 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--type", default=None, help="item type")
     recommend.add_argument("-k", type=int, default=10)
 
+    train = sub.add_parser("train", help="train the unified 2T-HGNN on a dataset; writes a model directory")
+    train.add_argument("--data", type=Path, required=True, help="dataset folder in the shared layout")
+    train.add_argument("--out", type=Path, default=None, help="parent of the model directory (var/models)")
+    _model_options(train)
+
+    evaluate = sub.add_parser("evaluate", help="the ablation table on a dataset; writes reports/<dataset>.json|md")
+    evaluate.add_argument("--data", type=Path, required=True, help="dataset folder in the shared layout")
+    evaluate.add_argument("--out", type=Path, default=Path("reports"))
+    evaluate.add_argument("--models", default=None, help="comma-separated rows (default: all)")
+    evaluate.add_argument("--split", default="test", choices=["test", "valid"], help="holdout rows to score")
+    _model_options(evaluate)
+
     sub.add_parser("settings", help="print the effective settings as JSON")
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hgnn-epochs", type=int, default=None)
+    parser.add_argument("--tt-epochs", type=int, default=None, help="two-tower epochs")
+
+
+def _train_config(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from models.hgnn import HGNNConfig
+    from models.train import TrainConfig
+    from models.twotower import TwoTowerConfig
+
+    hgnn = HGNNConfig() if args.hgnn_epochs is None else HGNNConfig(epochs=args.hgnn_epochs)
+    towers = TwoTowerConfig(history=settings.streams.history_per_type)
+    if args.tt_epochs is not None:
+        towers = replace(towers, epochs=args.tt_epochs)
+    return TrainConfig(graph=settings.streams.graph_config(), hgnn=hgnn, two_tower=towers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +140,35 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for rank, item in enumerate(body["items"], 1):
             print(f"{rank:>3}. {item['score']:.3f}  {item['item_type']:<10} {item['item_id']:<12} {item['title']}")
+        return 0
+
+    if args.command in ("train", "evaluate"):
+        from models.evaluate import load_split
+        from workers.services import build_encoder
+
+        config = _train_config(args, settings)
+        encoder = build_encoder(settings, progress=True)
+        command = "gfm " + " ".join(argv if argv is not None else sys.argv[1:])
+        if args.command == "train":
+            from models.serving import train_for_serving
+            from models.train import fingerprint
+
+            split = load_split(args.data, everything=True)
+            directory = train_for_serving(split, encoder, config, args.out or settings.var_dir / "models",
+                                          fingerprint(args.data))
+            print(f"model written to {directory}\nserve it with GFM_MODEL__DIR={directory} gfm up")
+            return 0
+        from models.train import MODELS, run_evaluation, write_report
+
+        models = tuple(args.models.split(",")) if args.models else MODELS
+        unknown = set(models) - set(MODELS)
+        if unknown:
+            print(f"--models: unknown {sorted(unknown)}; choose from {', '.join(MODELS)}", file=sys.stderr)
+            return 2
+        split = load_split(args.data, args.split)
+        rows = run_evaluation(split, encoder, config, models)
+        path = write_report(split, rows, config, command, args.out)
+        print(path.with_suffix(".md").read_text())
         return 0
 
     if args.command == "settings":

@@ -106,8 +106,7 @@ class Refresher:
                 self.graph.set_text(entry.item_id, entry.item_type, entry.title, vector)
                 dirty.add(self.graph.rows[entry.item_id])
         for update in changes.items.values():
-            self.graph.adjacency[update.item_id] = update.adjacency
-            dirty.add(self.graph.row(update.item_id, update.item_type))
+            dirty.add(self.graph.set_adjacency(update.item_id, update.item_type, update.adjacency))
         if dirty:
             self._refresh_items(sorted(dirty))
         if changes.users:

@@ -38,10 +38,9 @@ def build_encoder(settings: Settings, progress: bool = False) -> TextEncoder:
 def build_model(settings: Settings, encoder: TextEncoder) -> VectorModel:
     """The vector model: a trained model directory when configured, else text propagation."""
     if settings.model.dir is not None:
-        raise NotImplementedError(
-            f"model.dir={str(settings.model.dir)!r}: loading trained models arrives with the graph foundation "
-            "model; unset GFM_MODEL__DIR to use the text-propagation model"
-        )
+        from models.serving import TrainedModel
+
+        return TrainedModel(settings.model.dir, encoder.name)
     return TextPropagationModel(encoder.name, encoder.dim, settings.model.neighbour_weight,
                                 settings.streams.history_per_type)
 

@@ -1,0 +1,229 @@
+"""Training and the paper's ablation table, for any dataset folder in the shared layout.
+
+:func:`run_evaluation` trains every row of the table on a :class:`~models.evaluate.Split` and scores it;
+:func:`train_for_serving` trains the unified 2T-HGNN on all events and writes a versioned model directory
+that the refresher loads (:class:`TrainedModel`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.evaluate import Result, Split, cooc_scorer, embedding_scorer, evaluate_scorer, popularity_scorer
+from models.graph import GraphConfig, build_graph
+from models.hgnn import HGNN, HGNNConfig, TypedGraph, embed, train_hgnn
+from models.text import TextEncoder, item_text
+from models.twotower import TwoTower, TwoTowerConfig, item_vectors, train_two_tower, user_vectors
+
+log = logging.getLogger(__name__)
+
+MODELS = ("popularity", "cooc_knn", "llm_knn", "hgnn", "2t_no_gnn", "2t_per_type", "2t_hgnn", "2t_hgnn_no_retrain")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes training."""
+
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    hgnn: HGNNConfig = field(default_factory=HGNNConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def text_embeddings(split: Split, encoder: TextEncoder) -> np.ndarray:
+    """Text embedding of every item (title, description and type)."""
+    return encoder.encode([item_text(i.item_type, i.title, i.text) for i in split.items])
+
+
+def graph_of(split: Split, events: list[tuple[str, int, float]], config: GraphConfig) -> TypedGraph:
+    """The co-interaction graph of ``events``, built by the stream's own update functions."""
+    types = [split.type_names[t] for t in split.item_type]
+    graph = build_graph(((str(n), u, str(i), types[i], ts) for n, (u, i, ts) in enumerate(events)), config)
+    edges = np.array([(int(s), int(d), w) for s, d, w in graph.edges()], dtype=np.int64).reshape(-1, 3)
+    return TypedGraph.build(split.item_type, split.type_names, edges[:, 0], edges[:, 1], edges[:, 2])
+
+
+def histories_list(split: Split) -> list[list[int]]:
+    """Training histories in a fixed order."""
+    return list(split.histories.values())
+
+
+def two_tower_scorer(split: Split, model: TwoTower, embedding: np.ndarray, text: np.ndarray,
+                     config: TwoTowerConfig, device: torch.device):  # type: ignore[no-untyped-def]
+    """Score candidates with a trained two-tower model."""
+    items = item_vectors(model, embedding, text, split.item_type, device)
+
+    def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
+        u = user_vectors(model, [split.histories[x] for x in users], embedding, split.item_type, config.history,
+                         device)
+        return u @ items[candidates].T
+
+    return score
+
+
+@dataclass
+class Row:
+    """One model's results with its cost."""
+
+    model: str
+    results: list[Result]
+    train_seconds: float
+    peak_rss_mib: float
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, models: tuple[str, ...] = MODELS
+                   ) -> list[Row]:
+    """Train and score every requested row of the ablation table on ``split``."""
+    device = pick_device()
+    rows: list[Row] = []
+
+    def add(name: str, scorer_factory, notes: dict[str, Any] | None = None) -> None:  # type: ignore[no-untyped-def]
+        if name not in models:
+            return
+        started = time.perf_counter()
+        scorer = scorer_factory()
+        seconds = time.perf_counter() - started
+        results = [evaluate_scorer(split, name, scorer, t) for t in split.type_names if split.targets[t]]
+        rows.append(Row(name, results, seconds, peak_rss_mib(), notes or {}))
+        log.info("%s: %s (%.1f s)", name, {r.item_type: round(r.hr10, 4) for r in results}, seconds)
+
+    started = time.perf_counter()
+    text = text_embeddings(split, encoder)
+    text_seconds = time.perf_counter() - started
+    add("popularity", lambda: popularity_scorer(split))
+    add("cooc_knn", lambda: cooc_scorer(split))
+    add("llm_knn", lambda: embedding_scorer(split, text, config.two_tower.history), {"text_seconds": text_seconds})
+
+    cache: dict[str, Any] = {}
+
+    def hgnn_embeddings() -> np.ndarray:
+        if "hgnn" not in cache:
+            graph = graph_of(split, split.train, config.graph)
+            model, losses = train_hgnn(graph, text, config.hgnn, device)
+            cache["hgnn"] = embed(model, graph, text, device)
+            cache["hgnn_losses"] = losses
+            cache["graph"] = graph
+        return cache["hgnn"]
+
+    add("hgnn", lambda: embedding_scorer(split, hgnn_embeddings(), config.two_tower.history))
+    histories = histories_list(split)
+    num_types = len(split.type_names)
+    tt = config.two_tower
+
+    def unified(embedding: np.ndarray):  # type: ignore[no-untyped-def]
+        model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device)
+        cache.setdefault("tt_losses", losses)
+        return two_tower_scorer(split, model, embedding, text, tt, device)
+
+    add("2t_no_gnn", lambda: unified(text))
+
+    def per_type():  # type: ignore[no-untyped-def]
+        embedding = hgnn_embeddings()
+        scorers = {}
+        for t in range(len(split.type_names)):
+            model, _ = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
+                                       target_types=np.array([t]))
+            scorers[t] = two_tower_scorer(split, model, embedding, text, tt, device)
+
+        def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
+            return scorers[int(split.item_type[candidates[0]])](users, candidates)
+
+        return score
+
+    add("2t_per_type", per_type)
+    add("2t_hgnn", lambda: unified(hgnn_embeddings()))
+
+    def no_retrain():  # type: ignore[no-untyped-def]
+        times = np.array([ts for _, _, ts in split.train])
+        middle = float(np.median(times))
+        early = [e for e in split.train if e[2] < middle]
+        early_graph = graph_of(split, early, config.graph)
+        model, _ = train_hgnn(early_graph, text, config.hgnn, device)
+        full_graph = cache.get("graph") or graph_of(split, split.train, config.graph)
+        embedding = embed(model, full_graph, text, device)  # frozen HGNN, later items and edges inductively
+        return unified(embedding)
+
+    add("2t_hgnn_no_retrain", no_retrain, {"hgnn_trained_before": "median training event time"})
+    if "hgnn_losses" in cache:
+        rows[0].notes["hgnn_losses"] = [round(x, 4) for x in cache["hgnn_losses"]]
+    if "tt_losses" in cache:
+        rows[0].notes["two_tower_losses"] = [round(x, 4) for x in cache["tt_losses"]]
+    return rows
+
+
+def write_report(split: Split, rows: list[Row], config: TrainConfig, command: str, out_dir: Path) -> Path:
+    """Write ``reports/<dataset>.json`` and ``.md``; returns the JSON path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flat = [r.row() for row in rows for r in row.results]
+    costs = [{"model": row.model, "train_seconds": round(row.train_seconds, 1),
+              "peak_rss_mib": round(row.peak_rss_mib)} for row in rows]
+    report = {
+        "dataset": split.name,
+        "protocol": split.protocol,
+        "cut": split.cut,
+        "command": command,
+        "device": str(pick_device()),
+        "threads": torch.get_num_threads(),
+        "config": asdict(config),
+        "rows": flat,
+        "costs": costs,
+        "notes": {row.model: row.notes for row in rows if row.notes},
+    }
+    path = out_dir / f"{split.name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# {split.name} ({split.protocol})", "", f"Command: `{command}`", "",
+             "| model | type | users | HR@10 | MRR | NDCG@10 | cov@100 |", "|---|---|---|---|---|---|---|"]
+    for r in flat:
+        lines.append(f"| {r['model']} | {r['item_type']} | {r['users']} | {r['hr10']:.4f} | {r['mrr']:.4f} | "
+                     f"{r['ndcg10']:.4f} | {r['cov100']:.4f} |")
+    lines += ["", "| model | train s | peak RSS MiB |", "|---|---|---|"]
+    lines += [f"| {c['model']} | {c['train_seconds']} | {c['peak_rss_mib']} |" for c in costs]
+    best = _best_rows(flat)
+    lines += ["", "Best HR@10 per type: " + ", ".join(f"{t}: {m}" for t, m in best.items())]
+    (out_dir / f"{split.name}.md").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _best_rows(rows: list[dict[str, object]]) -> dict[str, str]:
+    best: dict[str, tuple[float, str]] = {}
+    for r in rows:
+        item_type, hr10, model = str(r["item_type"]), float(r["hr10"]), str(r["model"])  # type: ignore[arg-type]
+        if item_type not in best or hr10 > best[item_type][0]:
+            best[item_type] = (hr10, model)
+    return {t: m for t, (_, m) in best.items()}
+
+
+def fingerprint(folder: Path) -> str:
+    """A short hash of a dataset folder's files (size and first/last MiB), identifying the training data."""
+    digest = hashlib.sha1()
+    for path in sorted(folder.glob("*.tsv")):
+        digest.update(path.name.encode())
+        digest.update(str(path.stat().st_size).encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            handle.seek(max(0, path.stat().st_size - (1 << 20)))
+            digest.update(handle.read())
+    return digest.hexdigest()[:12]
+
+
+__all__ = ["MODELS", "HGNN", "Row", "TrainConfig", "run_evaluation", "write_report", "fingerprint"]

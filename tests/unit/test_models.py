@@ -1,0 +1,125 @@
+"""The graph foundation model on small generated graphs: shapes, inductive embedding, learning, metrics."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.evaluate import ranks_of_targets
+from models.hgnn import HGNN, HGNNConfig, TypedGraph, embed, train_hgnn
+from models.twotower import TwoTowerConfig, prefix_features, train_two_tower, user_features
+
+TYPES = ["podcast", "audiobook"]
+
+
+def random_graph(n: int = 60, edges: int = 400, seed: int = 0, dim: int = 16):
+    """Items of two types in 4 clusters; edges mostly inside a cluster; text = cluster centre + noise."""
+    rng = np.random.default_rng(seed)
+    item_type = rng.integers(0, 2, n)
+    cluster = rng.integers(0, 4, n)
+    centres = rng.normal(size=(4, dim))
+    text = (centres[cluster] + 0.8 * rng.normal(size=(n, dim))).astype(np.float32)
+    src = rng.integers(0, n, edges)
+    dst = np.array([rng.choice(np.flatnonzero(cluster == cluster[s])) for s in src])
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    both_src, both_dst = np.concatenate([src, dst]), np.concatenate([dst, src])
+    graph = TypedGraph.build(item_type, TYPES, both_src, both_dst, np.ones(len(both_src)))
+    return graph, text, item_type, cluster
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device(request.param)
+
+
+def test_hgnn_shapes_and_unit_norm(device):
+    graph, text, _, _ = random_graph()
+    model = HGNN(16, 32, 8, graph.edges).to(device)
+    x = {t: v.to(device) for t, v in graph.features(text).items()}
+    out = model(x, {k: v.to(device) for k, v in graph.adjacency().items()})
+    assert {t: tuple(v.shape) for t, v in out.items()} == {t: (len(graph.members[t]), 8) for t in TYPES}
+    for v in out.values():
+        torch.testing.assert_close(v.norm(dim=-1), torch.ones(len(v), device=device))
+
+
+def test_hgnn_loss_falls_and_learns_the_clusters(device):
+    graph, text, _, cluster = random_graph()
+    model, losses = train_hgnn(graph, text, HGNNConfig(hidden=32, out=16, epochs=15, batch_edges=64, lr=1e-2),
+                               device)
+    assert losses[-1] < losses[0] * 0.8
+    z = embed(model, graph, text, device)
+    same = cluster[:, None] == cluster[None, :]
+    similarity = z @ z.T
+    assert similarity[same].mean() > similarity[~same].mean() + 0.2
+
+
+def test_unseen_item_is_embedded_from_text_and_edges(device):
+    graph, text, item_type, cluster = random_graph(seed=1)
+    model, _ = train_hgnn(graph, text, HGNNConfig(hidden=32, out=16, epochs=10, batch_edges=64, lr=1e-2), device)
+    # a new item of cluster 0, linked to three cluster-0 items: present in neither training nor features
+    new = len(text)
+    anchors = np.flatnonzero(cluster == 0)[:3]
+    text2 = np.vstack([text, text[anchors].mean(0, keepdims=True)]).astype(np.float32)
+    types2 = np.append(item_type, 0)
+    s, d, w = [], [], []
+    for (ta, _, tb), (ls, ld, lw) in graph.edges.items():
+        s.append(graph.members[ta][ls])
+        d.append(graph.members[tb][ld])
+        w.append(lw)
+    src = np.concatenate([*s, anchors, np.full(3, new)])
+    dst = np.concatenate([*d, np.full(3, new), anchors])
+    bigger = TypedGraph.build(types2, TYPES, src, dst, np.ones(len(src)))
+    z = embed(model, bigger, text2, device)
+    assert z.shape == (new + 1, 16)
+    assert np.isclose(np.linalg.norm(z[new]), 1.0, atol=1e-5)
+    inside = z[np.flatnonzero(cluster == 0)] @ z[new]
+    outside = z[np.flatnonzero(cluster != 0)] @ z[new]
+    assert inside.mean() > outside.mean()
+
+
+def test_prefix_features_are_per_type_means_of_the_last_items_and_counts():
+    embedding = np.eye(4, dtype=np.float32)
+    item_type = np.array([0, 0, 1, 1])
+    sequence = np.array([0, 2, 1, 3, 1])
+    features = prefix_features(sequence, np.array([0, 3, 5]), embedding, item_type, 2, history=1)
+    assert features.shape == (3, 2 * 4 + 2)
+    np.testing.assert_allclose(features[0], 0)
+    np.testing.assert_allclose(features[1, :4], embedding[1])  # last type-0 item before position 3
+    np.testing.assert_allclose(features[1, 4:8], embedding[2])
+    np.testing.assert_allclose(features[1, 8:], np.log1p([2, 1]))
+    np.testing.assert_allclose(features[2, 8:], np.log1p([3, 2]))
+    np.testing.assert_allclose(user_features([sequence], embedding, item_type, 2, 1)[0], features[2])
+
+
+def test_two_tower_loss_falls_and_ranks_the_next_item(device):
+    rng = np.random.default_rng(0)
+    n, dim = 40, 8
+    embedding = rng.normal(size=(n, dim)).astype(np.float32)
+    item_type = np.arange(n) % 2
+    # every user walks i -> i+1 (mod n): the next item is fully determined by the last one
+    histories = [[(start + k) % n for k in range(12)] for start in rng.integers(0, n, 120)]
+    config = TwoTowerConfig(dim=16, hidden=64, history=1, examples_per_user=11, epochs=20, batch=128, lr=3e-3,
+                            temperature=0.1)
+    model, losses = train_two_tower(histories, embedding, embedding, item_type, 2, config, device)
+    assert losses[-1] < losses[0] * 0.7
+
+
+def test_ranks_count_better_items_and_break_ties_by_popularity():
+    scores = np.array([[0.9, 0.5, 0.5, 0.1, 0.7]])
+    popularity = np.array([1.0, 5.0, 3.0, 9.0, 2.0])
+    # target 2 (score .5): beaten by 0 (.9), 4 (.7) and by 1 (same score, more popular); item 0 excluded
+    ranks, tops = ranks_of_targets(scores, np.array([2]), [np.array([0])], popularity)
+    assert ranks.tolist() == [2]
+    assert tops[0].tolist() == [4, 1, 2, 3, -1]
+
+
+def test_metrics_on_a_hand_computed_case():
+    from models.evaluate import K_HIT
+
+    ranks = np.array([0, 4, 9, 10, 150])
+    hr = (ranks < K_HIT).mean()
+    mrr = np.where(ranks < 100, 1 / (ranks + 1), 0).mean()
+    assert hr == pytest.approx(3 / 5)
+    assert mrr == pytest.approx((1 + 1 / 5 + 1 / 10 + 1 / 11) / 5)

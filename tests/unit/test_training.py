@@ -1,0 +1,83 @@
+"""Training and evaluation on a small generated dataset, end to end through the same code as the reports."""
+
+import json
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from models.evaluate import load_split
+from models.hgnn import HGNNConfig
+from models.serving import TrainedModel, train_for_serving
+from models.synthetic import generate, write_dataset
+from models.text import HashingEncoder
+from models.train import MODELS, TrainConfig, run_evaluation, write_report
+from models.twotower import TwoTowerConfig
+from monitoring.metrics import RefresherMetrics
+from streams.records import CatalogItem, ItemUpdate, UserUpdate
+from vectorstore.server import ServerStore
+from workers.refresher import Changes, Refresher
+from workers.settings import RefresherSettings
+
+SMALL = TrainConfig(hgnn=HGNNConfig(hidden=32, out=16, epochs=3, batch_edges=256),
+                    two_tower=TwoTowerConfig(dim=16, hidden=32, epochs=3, batch=64, examples_per_user=10))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    data = generate(users=60, items_per_type=20, events_per_user=12, seed=5)
+    return write_dataset(data, tmp_path_factory.mktemp("synthetic"), holdout=True), data
+
+
+def test_every_row_of_the_table_is_evaluated_and_reported(dataset, tmp_path):
+    folder, _ = dataset
+    split = load_split(folder)
+    assert split.protocol == "user-holdout"
+    rows = run_evaluation(split, HashingEncoder(64), SMALL)
+    report = json.loads(write_report(split, rows, SMALL, "test", tmp_path).read_text())
+    assert {r["model"] for r in report["rows"]} == set(MODELS)
+    assert {r["item_type"] for r in report["rows"]} == {"podcast", "audiobook"}
+    for r in report["rows"]:
+        assert set(r) == {"dataset", "model", "item_type", "users", "hr10", "mrr", "ndcg10", "cov100"}
+        assert 0 <= r["hr10"] <= 1 and 0 <= r["cov100"] <= 1 and r["users"] > 0
+    assert (tmp_path / f"{split.name}.md").read_text().count("|") > 50
+
+
+def test_time_split_targets_are_new_items_after_the_cut(dataset):
+    folder, data = dataset
+    (folder / "holdout.tsv").rename(folder / "holdout.off")
+    try:
+        split = load_split(folder)
+    finally:
+        (folder / "holdout.off").rename(folder / "holdout.tsv")
+    assert split.protocol == "time-split" and split.cut is not None
+    assert all(ts < split.cut for _, _, ts in split.train)
+    for targets in split.targets.values():
+        for user, item in targets:
+            assert item not in split.histories[user]
+
+
+def test_trained_model_serves_through_the_refresher(dataset, tmp_path):
+    folder, data = dataset
+    encoder = HashingEncoder(64)
+    directory = train_for_serving(load_split(folder, everything=True), encoder, SMALL, tmp_path, "abc")
+    meta = json.loads((directory / "config.json").read_text())
+    assert meta["data_fingerprint"] == "abc" and meta["type_names"] == ["audiobook", "podcast"]
+    with pytest.raises(ValueError, match="trained on"):
+        TrainedModel(directory, "another-encoder")
+    model = TrainedModel(directory, encoder.name)
+    store = ServerStore(":memory:")
+    refresher = Refresher(store, model, encoder, RefresherMetrics.create(CollectorRegistry()), RefresherSettings())
+    catalog = {i.item_id: CatalogItem(item_id=i.item_id, item_type=i.item_type, title=i.title,
+                                      description=i.text) for i in data.items}
+    items = {"p0000": ItemUpdate(item_id="p0000", item_type="podcast",
+                                 adjacency={"a0001": ["audiobook", 3, 1.0]})}
+    state = {"recent": {"podcast": [["p0000", 1.0]], "audiobook": [["a0001", 2.0]]},
+             "consumed": {"p0000": 1.0, "a0001": 2.0}, "event_ids": {}, "counts": {"podcast": 1, "audiobook": 1}}
+    refresher.apply(Changes(catalog, items, {"u": UserUpdate(user_id="u", state=state, event_ts=1.0)}))
+    assert store.count_items() == len(data.items)
+    user = store.get_user("u")
+    assert user is not None and user.model_version == model.version
+    assert np.isclose(np.linalg.norm(user.vector), 1.0, atol=1e-5)
+    hits = store.search(user.vector, 5, item_type="podcast", exclude=user.consumed)
+    assert len(hits) == 5 and "p0000" not in {h.item_id for h in hits}
