@@ -37,7 +37,7 @@ class HGNNConfig:
 
     hidden: int = 256
     out: int = 128
-    epochs: int = 20
+    epochs: int = 30
     edges_per_relation: int = 20_000
     """Cap on the balanced sample per relation and epoch."""
     batch_edges: int = 4096

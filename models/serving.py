@@ -33,7 +33,7 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     device = pick_device()
     started = time.perf_counter()
     text = text_embeddings(split, encoder)
-    graph = graph_of(split, split.train, config.graph)
+    graph = graph_of(split, split.train, config.graph, config.graph_cache)
     hgnn, hgnn_losses = train_hgnn(graph, text, config.hgnn, device)
     embedding = embed(hgnn, graph, text, device)
     towers, tt_losses = train_two_tower(histories_list(split), embedding, text, split.item_type,
@@ -56,7 +56,7 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
                     "train_seconds": round(time.perf_counter() - started, 1), "peak_rss_mib": round(peak_rss_mib()),
                     "device": str(device), "items": len(split.items), "events": len(split.train)},
     }
-    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return directory
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ class TrainConfig:
     """Everything that shapes training."""
 
     graph: GraphConfig = field(default_factory=GraphConfig)
+    graph_cache: Path | None = None
     hgnn: HGNNConfig = field(default_factory=HGNNConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
 
@@ -54,8 +56,27 @@ def text_embeddings(split: Split, encoder: TextEncoder) -> np.ndarray:
     return encoder.encode([item_text(i.item_type, i.title, i.text) for i in split.items])
 
 
-def graph_of(split: Split, events: list[tuple[str, int, float]], config: GraphConfig) -> TypedGraph:
-    """The co-interaction graph of ``events``, built by the stream's own update functions."""
+def graph_of(split: Split, events: list[tuple[str, int, float]], config: GraphConfig,
+             cache: Path | None = None) -> TypedGraph:
+    """The co-interaction graph of ``events``, built by the stream's own update functions (about 10k events/s
+    in pure Python, so it is cached under ``cache`` when given, keyed by the events and the config)."""
+    path = None
+    if cache is not None:
+        digest = hashlib.sha1(repr((split.name, len(events), events[:3], events[-3:], config)).encode())
+        path = cache / f"graph-{split.name}-{digest.hexdigest()[:16]}.pkl"
+        if path.exists():
+            with path.open("rb") as handle:
+                cached: TypedGraph = pickle.load(handle)
+            return cached
+    graph = _build_typed_graph(split, events, config)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            pickle.dump(graph, handle)
+    return graph
+
+
+def _build_typed_graph(split: Split, events: list[tuple[str, int, float]], config: GraphConfig) -> TypedGraph:
     types = [split.type_names[t] for t in split.item_type]
     graph = build_graph(((str(n), u, str(i), types[i], ts) for n, (u, i, ts) in enumerate(events)), config)
     edges = np.array([(int(s), int(d), w) for s, d, w in graph.edges()], dtype=np.int64).reshape(-1, 3)
@@ -118,7 +139,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
 
     def hgnn_embeddings() -> np.ndarray:
         if "hgnn" not in cache:
-            graph = graph_of(split, split.train, config.graph)
+            graph = graph_of(split, split.train, config.graph, config.graph_cache)
             model, losses = train_hgnn(graph, text, config.hgnn, device)
             cache["hgnn"] = embed(model, graph, text, device)
             cache["hgnn_losses"] = losses
@@ -157,9 +178,9 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         times = np.array([ts for _, _, ts in split.train])
         middle = float(np.median(times))
         early = [e for e in split.train if e[2] < middle]
-        early_graph = graph_of(split, early, config.graph)
+        early_graph = graph_of(split, early, config.graph, config.graph_cache)
         model, _ = train_hgnn(early_graph, text, config.hgnn, device)
-        full_graph = cache.get("graph") or graph_of(split, split.train, config.graph)
+        full_graph = cache.get("graph") or graph_of(split, split.train, config.graph, config.graph_cache)
         embedding = embed(model, full_graph, text, device)  # frozen HGNN, later items and edges inductively
         return unified(embedding)
 
@@ -190,7 +211,7 @@ def write_report(split: Split, rows: list[Row], config: TrainConfig, command: st
         "notes": {row.model: row.notes for row in rows if row.notes},
     }
     path = out_dir / f"{split.name}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     lines = [f"# {split.name} ({split.protocol})", "", f"Command: `{command}`", "",
              "| model | type | users | HR@10 | MRR | NDCG@10 | cov@100 |", "|---|---|---|---|---|---|---|"]
     for r in flat:

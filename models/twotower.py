@@ -31,7 +31,7 @@ class TwoTowerConfig:
     history: int = 50
     """Items per type the user tower reads (the stream's ``history_per_type``)."""
     examples_per_user: int = 50
-    epochs: int = 10
+    epochs: int = 8
     batch: int = 1024
     lr: float = 1e-3
     weight_decay: float = 1e-6

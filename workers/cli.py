@@ -70,7 +70,8 @@ def _train_config(args: argparse.Namespace, settings: Settings):  # type: ignore
     towers = TwoTowerConfig(history=settings.streams.history_per_type)
     if args.tt_epochs is not None:
         towers = replace(towers, epochs=args.tt_epochs)
-    return TrainConfig(graph=settings.streams.graph_config(), hgnn=hgnn, two_tower=towers)
+    return TrainConfig(graph=settings.streams.graph_config(), graph_cache=settings.var_dir / "cache", hgnn=hgnn,
+                       two_tower=towers)
 
 
 def main(argv: list[str] | None = None) -> int:
