@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from monitoring.metrics import ApiMetrics
 from streams.errors import InvalidRecord
 from streams.records import ListenEvent, validate_event
-from vectorstore.base import Hit, VectorStore
+from vectorstore.base import Hit, ItemPoint, UserPoint, VectorStore
 
 
 class EventSink(Protocol):
@@ -102,6 +102,12 @@ def create_api(
         metrics.requests.labels(name, str(response.status_code)).inc()
         return response
 
+    def ranked(query: str, point: ItemPoint | UserPoint, item_type: str | None, k: int,
+               exclude: list[str]) -> Recommendations:
+        hits = store.search(point.vector, k, item_type=item_type, exclude=exclude)
+        return Recommendations(query=query, item_type=item_type, model_version=point.model_version,
+                               updated_at=point.updated_at, items=_items(hits))
+
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations)
     def recommend(
         user_id: str,
@@ -112,9 +118,7 @@ def create_api(
         user = store.get_user(user_id)
         if user is None:
             raise HTTPException(404, f"unknown user {user_id!r}: no events from them have been processed yet")
-        hits = store.search(user.vector, k, item_type=type, exclude=user.consumed)
-        return Recommendations(query=user_id, item_type=type, model_version=user.model_version,
-                               updated_at=user.updated_at, items=_items(hits))
+        return ranked(user_id, user, type, k, exclude=user.consumed)
 
     @app.get("/items/{item_id}/similar", response_model=Recommendations)
     def similar(
@@ -126,9 +130,7 @@ def create_api(
         item = store.get_item(item_id)
         if item is None:
             raise HTTPException(404, f"unknown item {item_id!r}: not in the catalogue or not embedded yet")
-        hits = store.search(item.vector, k, item_type=type, exclude=[item_id])
-        return Recommendations(query=item_id, item_type=type, model_version=item.model_version,
-                               updated_at=item.updated_at, items=_items(hits))
+        return ranked(item_id, item, type, k, exclude=[item_id])
 
     @app.post("/events", status_code=202, response_model=Accepted)
     def post_events(body: EventIn | list[EventIn]) -> Accepted:
