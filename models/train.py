@@ -212,26 +212,39 @@ def write_report(split: Split, rows: list[Row], config: TrainConfig, command: st
     }
     path = out_dir / f"{split.name}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    lines = [f"# {split.name} ({split.protocol})", "", f"Command: `{command}`", "",
-             "| model | type | users | HR@10 | MRR | NDCG@10 | cov@100 |", "|---|---|---|---|---|---|---|"]
-    for r in flat:
-        lines.append(f"| {r['model']} | {r['item_type']} | {r['users']} | {r['hr10']:.4f} | {r['mrr']:.4f} | "
-                     f"{r['ndcg10']:.4f} | {r['cov100']:.4f} |")
-    lines += ["", "| model | train s | peak RSS MiB |", "|---|---|---|"]
-    lines += [f"| {c['model']} | {c['train_seconds']} | {c['peak_rss_mib']} |" for c in costs]
-    best = _best_rows(flat)
-    lines += ["", "Best HR@10 per type: " + ", ".join(f"{t}: {m}" for t, m in best.items())]
-    (out_dir / f"{split.name}.md").write_text("\n".join(lines) + "\n")
+    (out_dir / f"{split.name}.md").write_text(render_markdown(report))
     return path
 
 
-def _best_rows(rows: list[dict[str, object]]) -> dict[str, str]:
-    best: dict[str, tuple[float, str]] = {}
-    for r in rows:
-        item_type, hr10, model = str(r["item_type"]), float(r["hr10"]), str(r["model"])  # type: ignore[arg-type]
-        if item_type not in best or hr10 > best[item_type][0]:
-            best[item_type] = (hr10, model)
-    return {t: m for t, (_, m) in best.items()}
+def render_markdown(report: dict[str, Any]) -> str:
+    """The markdown view of a JSON report."""
+    lines = [f"# {report['dataset']} ({report['protocol']})", "", f"Command: `{report['command']}`", "",
+             f"Device: {report['device']}, {report['threads']} threads.", "",
+             "| model | type | users | HR@10 | MRR | NDCG@10 | cov@100 |", "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['item_type']} | {r['users']} | {r['hr10']:.4f} | {r['mrr']:.4f} | "
+                     f"{r['ndcg10']:.4f} | {r['cov100']:.4f} |")
+    lines += ["", "Training cost (each row's own training, after the shared text embeddings; peak RSS of the "
+              "whole evaluation process so far):", "", "| model | train s | peak RSS MiB |", "|---|---|---|"]
+    lines += [f"| {c['model']} | {c['train_seconds']} | {c['peak_rss_mib']} |" for c in report["costs"]]
+    lines += ["", "## Does the unified 2T-HGNN win?", ""] + verdict(report["rows"])
+    return "\n".join(lines) + "\n"
+
+
+def verdict(rows: list[dict[str, object]], product: str = "2t_hgnn") -> list[str]:
+    """Per item type, plainly: does ``product`` have the best HR@10, and if not, which rows beat it."""
+    lines = []
+    for item_type in sorted({str(r["item_type"]) for r in rows}):
+        of_type = {str(r["model"]): float(r["hr10"]) for r in rows if r["item_type"] == item_type}  # type: ignore[arg-type]
+        if product not in of_type:
+            continue
+        better = sorted((m for m, v in of_type.items() if v > of_type[product]), key=lambda m: -of_type[m])
+        if better:
+            beaten_by = ", ".join(f"{m} ({of_type[m]:.4f})" for m in better)
+            lines.append(f"- {item_type}: **no**: {product} has HR@10 {of_type[product]:.4f}; beaten by {beaten_by}")
+        else:
+            lines.append(f"- {item_type}: yes, {product} has the best HR@10 ({of_type[product]:.4f})")
+    return lines
 
 
 def fingerprint(folder: Path) -> str:
