@@ -54,7 +54,8 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
 
 def make_producer(kafka: KafkaSettings, linger_ms: int = 5) -> KafkaProducer:
     """A producer for the project's JSON messages."""
-    return KafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=linger_ms, acks=1,
+    # idempotence off: tansu does not support it (and acks=1 rules it out anyway)
+    return KafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=linger_ms, acks=1, enable_idempotence=False,
                          client_id="gfm-producer", max_request_size=8 * 1024 * 1024)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -206,6 +207,8 @@ def up(settings: Settings, demo: bool = True, exit_after_demo: bool = False) -> 
     """``gfm up``: start everything, run the demo, print where to query; serve until interrupted."""
     ensure_dirs(settings)
     stack = Stack(settings)
+    # SIGTERM (a supervisor, a container stop) shuts down like Ctrl-C: children stopped, nothing left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         print(f"starting the embedded stack (logs in {settings.var_dir / 'logs'}) ...", flush=True)
         stack.start()
