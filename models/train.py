@@ -22,7 +22,7 @@ import torch
 
 from models.evaluate import Result, Split, cooc_scorer, embedding_scorer, evaluate_scorer, popularity_scorer
 from models.graph import GraphConfig, build_graph
-from models.hgnn import HGNN, HGNNConfig, TypedGraph, embed, train_hgnn
+from models.hgnn import HGNNConfig, TypedGraph, embed, train_hgnn
 from models.text import TextEncoder, item_text
 from models.twotower import TwoTower, TwoTowerConfig, item_vectors, train_two_tower, user_vectors
 
@@ -260,4 +260,4 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-__all__ = ["MODELS", "HGNN", "Row", "TrainConfig", "run_evaluation", "write_report", "fingerprint"]
+__all__ = ["MODELS", "Row", "TrainConfig", "fingerprint", "render_markdown", "run_evaluation", "write_report"]
