@@ -45,6 +45,8 @@ class HGNNConfig:
     weight_decay: float = 1e-5
     temperature: float = 0.1
     negatives: int = 4
+    text_skip: bool = False
+    """Add a linear projection of the text to the output (off in the committed reports; see the README)."""
     seed: int = 0
 
 
@@ -56,9 +58,12 @@ class HGNN(nn.Module):
         hidden: size of the first layer's output.
         out: size of the embeddings.
         edge_types: the relations ``(src_type, "co", dst_type)``.
+        text_skip: add a per-type linear projection of the input to the output, so the graph adds to the text
+            instead of replacing it.
     """
 
-    def __init__(self, in_dim: int, hidden: int, out: int, edge_types: Iterable[EdgeType]) -> None:
+    def __init__(self, in_dim: int, hidden: int, out: int, edge_types: Iterable[EdgeType],
+                 text_skip: bool = False) -> None:
         super().__init__()
         edge_types = list(edge_types)
         self.edge_types = edge_types
@@ -67,11 +72,15 @@ class HGNN(nn.Module):
                                 aggr="sum")
         self.conv2 = HeteroConv({et: SAGEConv((hidden, hidden), out, aggr="sum") for et in edge_types},
                                 aggr="sum")
+        node_types = sorted({t for et in edge_types for t in (et[0], et[2])})
+        self.skip = nn.ModuleDict({t: nn.Linear(in_dim, out) for t in node_types} if text_skip else {})
 
     def reset_parameters(self) -> None:
         """Re-initialise every weight."""
         self.conv1.reset_parameters()
         self.conv2.reset_parameters()
+        for layer in self.skip.values():
+            layer.reset_parameters()  # type: ignore[operator]
 
     def forward(self, x: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
         """Embed every node.
@@ -87,9 +96,11 @@ class HGNN(nn.Module):
         h = self.conv1(x, adj)
         h = {t: torch.relu(v) for t, v in h.items()}
         h = self.conv2(h, adj)
-        # a type that receives no relation has no output: it gets zeros (no graph signal to offer)
-        return {t: nn.functional.normalize(h[t], dim=-1) if t in h else x[t].new_zeros(len(x[t]), self.out)
-                for t in x}
+        out = {t: h[t] if t in h else x[t].new_zeros(len(x[t]), self.out) for t in x}
+        if self.skip:
+            out = {t: v + self.skip[t](x[t]) for t, v in out.items()}
+        # a type that receives no relation and has no skip stays zero: no signal to offer
+        return {t: nn.functional.normalize(v, dim=-1) for t, v in out.items()}
 
 
 @dataclass
@@ -160,7 +171,7 @@ def train_hgnn(graph: TypedGraph, text: np.ndarray, config: HGNNConfig, device: 
     """Train the HGNN by link prediction; returns the model and the mean loss of each epoch."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = HGNN(text.shape[1], config.hidden, config.out, graph.edges).to(device)
+    model = HGNN(text.shape[1], config.hidden, config.out, graph.edges, config.text_skip).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     x = {t: v.to(device) for t, v in graph.features(text).items()}
     adj = {et: a.to(device) for et, a in graph.adjacency().items()}

@@ -79,7 +79,8 @@ class TrainedModel:
         hgnn_config = HGNNConfig(**meta["config"]["hgnn"])
         self.tt_config = TwoTowerConfig(**meta["config"]["two_tower"])
         edge_types = [tuple(et) for et in meta["edge_types"]]
-        self.hgnn = HGNN(meta["text_dim"], hgnn_config.hidden, hgnn_config.out, edge_types)  # type: ignore[arg-type]
+        self.hgnn = HGNN(meta["text_dim"], hgnn_config.hidden, hgnn_config.out, edge_types,  # type: ignore[arg-type]
+                         hgnn_config.text_skip)
         self.hgnn.load_state_dict(torch.load(directory / "hgnn.pt", map_location="cpu"))
         self.hgnn.to(self.device).eval()
         self.towers = TwoTower(hgnn_config.out, meta["text_dim"], len(self.type_names), self.tt_config.hidden,

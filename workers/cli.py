@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hgnn-epochs", type=int, default=None)
+    parser.add_argument("--hgnn-text-skip", action="store_true", help="HGNN output adds a projection of the text")
     parser.add_argument("--tt-epochs", type=int, default=None, help="two-tower epochs")
 
 
@@ -66,7 +67,9 @@ def _train_config(args: argparse.Namespace, settings: Settings):  # type: ignore
     from models.train import TrainConfig
     from models.twotower import TwoTowerConfig
 
-    hgnn = HGNNConfig() if args.hgnn_epochs is None else HGNNConfig(epochs=args.hgnn_epochs)
+    hgnn = HGNNConfig(text_skip=args.hgnn_text_skip)
+    if args.hgnn_epochs is not None:
+        hgnn = replace(hgnn, epochs=args.hgnn_epochs)
     towers = TwoTowerConfig(history=settings.streams.history_per_type)
     if args.tt_epochs is not None:
         towers = replace(towers, epochs=args.tt_epochs)

@@ -34,9 +34,10 @@ def device(request):
     return torch.device(request.param)
 
 
-def test_hgnn_shapes_and_unit_norm(device):
+@pytest.mark.parametrize("text_skip", [False, True])
+def test_hgnn_shapes_and_unit_norm(device, text_skip):
     graph, text, _, _ = random_graph()
-    model = HGNN(16, 32, 8, graph.edges).to(device)
+    model = HGNN(16, 32, 8, graph.edges, text_skip).to(device)
     x = {t: v.to(device) for t, v in graph.features(text).items()}
     out = model(x, {k: v.to(device) for k, v in graph.adjacency().items()})
     assert {t: tuple(v.shape) for t, v in out.items()} == {t: (len(graph.members[t]), 8) for t in TYPES}
