@@ -13,6 +13,7 @@ import logging
 import pickle
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.evaluate import Result, Split, cooc_scorer, embedding_scorer, evaluate_scorer, popularity_scorer
+from models.evaluate import Result, Scorer, Split, cooc_scorer, embedding_scorer, evaluate_scorer, popularity_scorer
 from models.graph import GraphConfig, build_graph
 from models.hgnn import HGNNConfig, TypedGraph, embed, train_hgnn
 from models.text import TextEncoder, item_text
@@ -89,7 +90,7 @@ def histories_list(split: Split) -> list[list[int]]:
 
 
 def two_tower_scorer(split: Split, model: TwoTower, embedding: np.ndarray, text: np.ndarray,
-                     config: TwoTowerConfig, device: torch.device):  # type: ignore[no-untyped-def]
+                     config: TwoTowerConfig, device: torch.device) -> Scorer:
     """Score candidates with a trained two-tower model."""
     items = item_vectors(model, embedding, text, split.item_type, device)
 
@@ -118,7 +119,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
     device = pick_device()
     rows: list[Row] = []
 
-    def add(name: str, scorer_factory, notes: dict[str, Any] | None = None) -> None:  # type: ignore[no-untyped-def]
+    def add(name: str, scorer_factory: Callable[[], Scorer], notes: dict[str, Any] | None = None) -> None:
         if name not in models:
             return
         started = time.perf_counter()
@@ -151,14 +152,14 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
     num_types = len(split.type_names)
     tt = config.two_tower
 
-    def unified(embedding: np.ndarray):  # type: ignore[no-untyped-def]
+    def unified(embedding: np.ndarray) -> Scorer:
         model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device)
         cache.setdefault("tt_losses", losses)
         return two_tower_scorer(split, model, embedding, text, tt, device)
 
     add("2t_no_gnn", lambda: unified(text))
 
-    def per_type():  # type: ignore[no-untyped-def]
+    def per_type() -> Scorer:
         embedding = hgnn_embeddings()
         scorers = {}
         for t in range(len(split.type_names)):
@@ -174,7 +175,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
     add("2t_per_type", per_type)
     add("2t_hgnn", lambda: unified(hgnn_embeddings()))
 
-    def no_retrain():  # type: ignore[no-untyped-def]
+    def no_retrain() -> Scorer:
         times = np.array([ts for _, _, ts in split.train])
         middle = float(np.median(times))
         early = [e for e in split.train if e[2] < middle]

@@ -7,8 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from models.train import TrainConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +64,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tt-epochs", type=int, default=None, help="two-tower epochs")
 
 
-def _train_config(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
+def _train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
     from dataclasses import replace
 
     from models.hgnn import HGNNConfig
