@@ -18,6 +18,7 @@ class StreamMetrics:
     dead_letters: Counter
     pairs: Counter
     pairs_published: Counter
+    pairs_redelivered: Counter
     user_updates: Counter
     item_updates: Counter
     batch_seconds: Histogram
@@ -34,6 +35,9 @@ class StreamMetrics:
                           registry=registry),
             pairs_published=Counter("gfm_graph_pairs_published_total",
                                     "Directed co-interaction pairs published to the pairs topic", registry=registry),
+            pairs_redelivered=Counter("gfm_graph_pairs_redelivered_total",
+                                      "Pairs skipped because their item had merged their origin already",
+                                      registry=registry),
             user_updates=Counter("gfm_user_updates_total", "User refresh requests published", registry=registry),
             item_updates=Counter("gfm_item_updates_total", "Item refresh requests published", registry=registry),
             batch_seconds=Histogram("gfm_stream_batch_seconds", "Time to process one micro-batch",
@@ -50,6 +54,8 @@ class RefresherMetrics:
     batch_seconds: Histogram
     freshness_seconds: Histogram
     catalog_items: Gauge
+    pending: Gauge
+    store_errors: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RefresherMetrics:
@@ -65,6 +71,10 @@ class RefresherMetrics:
                 "From an event's arrival in the stream to its user's vector in the store",
                 buckets=LATENCY_BUCKETS, registry=registry),
             catalog_items=Gauge("gfm_catalog_items", "Items known to the refresher", registry=registry),
+            pending=Gauge("gfm_refresh_pending", "Dependents waiting to be refreshed (the frontier), by kind",
+                          ["kind"], registry=registry),
+            store_errors=Counter("gfm_vector_store_errors_total", "Failed vector store calls (retried)", ["op"],
+                                 registry=registry),
         )
 
 
