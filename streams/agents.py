@@ -365,6 +365,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         topic_partitions=config.partitions,
         producer_max_batch_size=config.producer_max_batch_size,
         producer_acks=-1,
+        consumer_max_fetch_size=16 * 1024 * 1024,  # a poison message of several MB must not stall a partition
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         web_enabled=False,

@@ -139,3 +139,49 @@ class LogHarness:
                                self.config.graph.max_degree)
             table.update(batch.items)
         return {item_id: entry.adjacency for item_id, entry in table.items()}
+
+
+def hostile_messages(n: int, seed: int = 0, huge: int = 4) -> list[tuple[str, bytes | None]]:
+    """``n`` poison messages for the stream's topics, as ``(topic name without prefix, value)``, each of which
+    must end as exactly one dead letter: wrong types, huge numbers, NaN and infinities, deep nesting, ``huge``
+    values of 1 MB, invalid UTF-8 and lone surrogates, nulls (tombstones), truncated JSON, bad pair groups and
+    refresh requests of the wrong shape."""
+    import random
+
+    rng = random.Random(seed)
+    good = {"event_id": "h", "user_id": "hostile", "item_id": "i", "item_type": "podcast", "ts": 1.7e9}
+
+    def event(**change: Any) -> bytes:
+        return json.dumps({**good, "event_id": f"h{rng.random()}", **change}).encode()
+
+    events: list[Any] = [
+        lambda: event(kind=[]), lambda: event(ts="yesterday"), lambda: event(ts=-1.0),
+        lambda: json.dumps({**good, "ts": 10**400}, allow_nan=True).encode(),
+        lambda: b'{"event_id": "x", "user_id": "u", "item_id": "i", "item_type": "podcast", "ts": NaN}',
+        lambda: b'[{"event_id": "x", "user_id": "u", "item_id": "i", "item_type": "podcast", "ts": Infinity}]',
+        lambda: b"[" * rng.randint(2000, 200_000), lambda: b'{"a":' * 5000,
+        lambda: bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))) + b"\xff",
+        lambda: b'{"event_id": "\\ud800", "user_id": "u", "item_id": "i", "item_type": "podcast", "ts": 1}',
+        lambda: None, lambda: b"", lambda: b"null", lambda: b'"just a string"', lambda: b"[1]",
+        lambda: event(user_id={"nested": [1, 2]}), lambda: event(item_type="Not A Type"),
+        lambda: event(ms_played=2**80), lambda: event(event_id=True), lambda: event(user_id=""),
+        lambda: json.dumps(good)[:-3].encode(),
+    ]
+    others: list[tuple[str, Any]] = [
+        ("catalog", lambda: b'{"item_id": "c", "item_type": "podcast", "title": 7}'),
+        ("catalog", lambda: None),
+        ("catalog", lambda: json.dumps({"item_id": "c", "item_type": "podcast", "title": "t" * 5000}).encode()),
+        ("pairs", lambda: b'[["a", "podcast", 0]]'),
+        ("pairs", lambda: b'[["a", "podcast", 0, -5, "b", "podcast", 1.0]]'),
+        ("pairs", lambda: b"{}"),
+        ("item-updates", lambda: b'{"item_id": "x", "item_type": "podcast", "adjacency": {"y": ["podcast", 0, 1]}}'),
+        ("user-updates", lambda: b'{"user_id": "u", "event_ts": 1.0, "state": []}'),
+    ]
+    out: list[tuple[str, bytes | None]] = [("events", b'"' + b"x" * (1 << 20) + b'"') for _ in range(huge)]
+    while len(out) < n:
+        if rng.random() < 0.8:
+            out.append(("events", rng.choice(events)()))
+        else:
+            topic, make = rng.choice(others)
+            out.append((topic, make()))
+    return out

@@ -286,7 +286,8 @@ class RefresherLoop:
 
     def _consumer(self) -> tuple[KafkaConsumer, dict[TopicPartition, int]]:
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, enable_auto_commit=False,
-                                 client_id="gfm-refresher", fetch_max_bytes=64 * 1024 * 1024)
+                                 client_id="gfm-refresher", fetch_max_bytes=64 * 1024 * 1024,
+                                 max_partition_fetch_bytes=16 * 1024 * 1024)
         partitions = []
         for name in ("catalog", "item-updates", "user-updates"):
             topic = self.kafka.topic(name)
