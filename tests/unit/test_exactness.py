@@ -43,8 +43,8 @@ def test_crashes_anywhere_leave_exactly_the_fold_of_the_log(schedule, max_degree
     """Any interleaving of batches, each possibly crashing before its state or before its commit, then a clean
     drain: user states equal the batch build, and adjacencies equal the fold of the pairs log (and the batch
     build where the degree cap never pruned), in the local tables and in their changelogs, with partitions moving
-    to another worker (restored from the changelogs) at any point. Users remember only 3 event ids here, so replays are recognised
-    by their offsets, not by event ids."""
+    to another worker (restored from the changelogs) at any point. Users remember only 3 event ids here, so
+    replays are recognised by their offsets, not by event ids."""
     graph = GraphConfig(max_degree=max_degree, max_event_ids=3)
     harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=graph), per_message=4)
     harness.produce(ROWS)
