@@ -354,6 +354,7 @@ class RefresherLoop:
         return {
             "ok": status == "ok",
             "status": status,
+            "model_version": refresher.model.version,
             "refresher": {
                 "alive": self.alive,
                 "caught_up": self.caught_up.is_set(),

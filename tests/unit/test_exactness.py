@@ -168,3 +168,13 @@ def test_known_poison_pills_are_invalid_records(raw):
         valid, rejected = decode_pack(raw, validate_event)
         if rejected:
             raise rejected[0][1]
+
+
+def test_a_hole_in_a_partitions_offsets_stops_the_batch_before_anything_is_applied():
+    from streams.agents import OffsetGap, OffsetTracker
+
+    tracker = OffsetTracker()
+    tracker.check([(0, 10), (1, 3), (0, 11)])
+    tracker.check([(0, 5), (0, 6)])  # a replay (after a rebalance) goes back: fine
+    with pytest.raises(OffsetGap, match="partition 1: offsets 4..4 were skipped"):
+        tracker.check([(0, 7), (1, 5)])
