@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from models.embedding import TextPropagationModel, VectorModel
 from models.text import TextEncoder, make_encoder
-from monitoring.metrics import RefresherMetrics, StreamMetrics
+from monitoring.lag import register_lag
+from monitoring.metrics import RefresherMetrics, StoreMetrics, StreamMetrics
 from streams.agents import StreamConfig, create_app
 from vectorstore.base import VectorStore
 from workers.kafka_io import EventSink, ensure_topics, make_producer
@@ -68,6 +69,7 @@ def run_streams(settings: Settings) -> None:
 
     ensure_topics(settings.kafka)
     registry = CollectorRegistry()
+    register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id)
     start_http_server(settings.streams.metrics_port, addr=settings.metrics_host, registry=registry)
     app = create_app(stream_config(settings), StreamMetrics.create(registry))
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
@@ -98,6 +100,23 @@ def run_refresher(settings: Settings) -> None:
         loop.refresher.store.close()
     if loop.error is not None:
         raise SystemExit(f"refresher failed: {loop.error}")
+
+
+def attach_monitoring(app: Any, settings: Settings, registry: CollectorRegistry, store: VectorStore,
+                      separate_refresher: bool) -> Any:
+    """The API's share of monitoring: consumer lag and store size in its /metrics, and /dashboard."""
+    from monitoring.page import MetricsHistory, dashboard_router, registry_source, url_source
+
+    register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id)
+    StoreMetrics.create(registry, store.count_items)
+    urls = settings.api.dashboard_sources
+    if urls is None:
+        urls = [f"http://127.0.0.1:{settings.streams.metrics_port}/metrics"]
+        if separate_refresher:
+            urls.append(f"http://127.0.0.1:{settings.refresher.metrics_port}/metrics")
+    history = MetricsHistory({"api": registry_source(registry), **{url: url_source(url) for url in urls}})
+    app.include_router(dashboard_router(history))
+    return history.start()
 
 
 def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
@@ -131,9 +150,11 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
         }
 
     app = create_api(store, sink, registry, settings.api.max_k, health)
+    dashboard = attach_monitoring(app, settings, registry, store, separate_refresher=loop is None)
     try:
         uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning")
     finally:
+        dashboard.stop()
         if loop is not None:
             loop.stop()
         producer.close()
