@@ -46,7 +46,11 @@ def rules(config: AlertConfig = AlertConfig()) -> dict[str, Any]:
          "The consumer group's lag is above the threshold and grew over the window: the stream is not "
          "keeping up. Check the worker's micro-batch times and logs."),
         ("GfmDeadLetters",
-         f"sum by (field) (increase(gfm_dead_letters_total[{c.dead_letter_window_s}s])) > 0",
+         # the second term counts a reason whose counter first appeared within the window (increase() sees
+         # no increase in a series that starts at its first value)
+         f"(sum by (field) (increase(gfm_dead_letters_total[{c.dead_letter_window_s}s])) > 0)"
+         f" or (sum by (field) (gfm_dead_letters_total unless (gfm_dead_letters_total offset "
+         f"{c.dead_letter_window_s}s)) > 0)",
          "warning", "dead letters ({{ $labels.field }}): {{ $value }} in the window",
          "Messages failed validation and went to the dead-letter topic; the reason and the original bytes "
          "are in it."),

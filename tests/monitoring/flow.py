@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 
 from models.synthetic import generate
-from streams.records import ListenEvent
+from streams.agents import partition_for
+from streams.records import ListenEvent, event_to_dict
 from workers.kafka_io import EventSink, make_producer, publish_catalog
 from workers.stack import Stack
 
@@ -47,6 +48,17 @@ class Flow:
         """Send ``n`` events now (a burst), waiting for the broker."""
         self.sink.send(self.events(n, tag))
         self.sent += n
+
+    def send_late(self, n: int, seconds: float) -> None:
+        """Send ``n`` events whose Kafka timestamps are ``seconds`` old, as if they had waited upstream."""
+        topic = self.stack.settings.kafka.topic("events")
+        stamp = int((time.time() - seconds) * 1000)
+        futures = [self.producer.send(topic, value=json.dumps([event_to_dict(e)]).encode(), timestamp_ms=stamp,
+                                      partition=partition_for(e.user_id, self.stack.settings.kafka.partitions))
+                   for e in self.events(n, "late")]
+        self.sent += n
+        for future in futures:
+            future.get(10)
 
     def send_bad(self) -> None:
         """One unreadable message and one event with a negative timestamp: two dead letters."""

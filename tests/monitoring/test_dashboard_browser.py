@@ -30,8 +30,8 @@ pytestmark = [
 
 
 def _legend_values(page, key: str) -> dict[str, str]:
-    return page.eval_on_selector_all(
-        f'[data-panel="{key}"] .legend .v', "els => Object.fromEntries(els.map(e => [e.dataset.series, e.textContent]))")
+    script = "els => Object.fromEntries(els.map(e => [e.dataset.series, e.textContent]))"
+    return page.eval_on_selector_all(f'[data-panel="{key}"] .legend .v', script)
 
 
 def _poll(predicate, timeout_s: float, what: str, stack: Stack):
