@@ -78,8 +78,9 @@ class RefresherMetrics:
 
     def observe_batch(self, refresher: RefresherView, polled: Mapping[Any, Sequence[TimestampedRecord]],
                       now: Callable[[], float] = time.time) -> None:
-        """After a micro-batch was applied: the age of the item-update requests it upserted (their Kafka
-        timestamps), when each kind of vector was last upserted, and the served model version."""
+        """After a micro-batch was applied: event -> item vector latency (from the Kafka timestamps of the
+        item-update requests it read, which carry the event time), when each kind of vector was last upserted,
+        and the served model version."""
         stamp = now()
         for tp, records in polled.items():
             if str(getattr(tp, "topic", "")).endswith("item-updates"):
@@ -113,8 +114,8 @@ class RefresherMetrics:
             catalog_items=Gauge("gfm_catalog_items", "Items known to the refresher", registry=registry),
             item_freshness_seconds=Histogram(
                 "gfm_event_to_item_vector_seconds",
-                "From an item-update request's Kafka timestamp (set by the stream when the item's adjacency "
-                "changed) to the item's vector in the store",
+                "From an event to its items' vectors in the store (the item-update request's Kafka timestamp, "
+                "which the stream sets to the earliest event time of the micro-batch that changed the item)",
                 buckets=LATENCY_BUCKETS, registry=registry),
             last_upsert=Gauge("gfm_vectors_last_upsert_timestamp_seconds",
                               "Unix time of the newest upsert, by kind (item, user)", ["kind"], registry=registry),

@@ -241,17 +241,21 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
                 key=user_id.encode(),
                 value=UserUpdate(user_id=user_id, state=state, event_ts=batch.sent_at[user_id]),
             )
+        # pair messages carry the batch's earliest event time, for event -> item vector latency (monitoring)
+        first_event = min(batch.sent_at.values(), default=None)
         for partition, groups in batch.pairs.items():
             for message in pack_pairs(groups, PAIRS_PER_MESSAGE):
-                await pairs_topic.send(value=message, partition=partition)
+                await pairs_topic.send(value=message, partition=partition, timestamp=first_event)
         metrics.pairs_published.inc(batch.pair_count)
         for outcome, n in batch.outcomes.items():
             metrics.events.labels(outcome).inc(n)
         metrics.user_updates.inc(len(batch.users))
         metrics.batch_seconds.labels("events").observe(time.perf_counter() - started)
 
-    async def handle_pairs(values: list[bytes]) -> None:
+    async def handle_pairs(events: list[Any]) -> None:
         started = time.perf_counter()
+        values = [e.value for e in events]
+        first_event = min(e.message.timestamp for e in events)  # item updates carry it on (monitoring)
         touched, merged = fold_pairs(values, lambda item_id: adjacency.get(item_id.encode()),
                                      config.graph.max_degree)
         for item_id, entry in touched.items():
@@ -259,6 +263,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
             await item_updates.send(
                 key=item_id.encode(),
                 value=ItemUpdate(item_id=item_id, item_type=entry["type"], adjacency=entry["adj"]),
+                timestamp=first_event,
             )
         metrics.pairs.inc(merged)
         metrics.item_updates.inc(len(touched))
@@ -283,7 +288,8 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
 
     @app.agent(pairs_topic)
     async def update_edges(stream: faust.StreamT) -> None:
-        async for values in stream.take(config.pairs_take_max, within=config.take_within_s):
-            await guarded(handle_pairs, values)
+        takes = stream.take_events(config.pairs_take_max, within=config.take_within_s)  # type: ignore[attr-defined]
+        async for events in takes:
+            await guarded(handle_pairs, events)
 
     return app
