@@ -79,13 +79,23 @@ def true_end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition],
                      timeout_s: float = 2.0) -> dict[TopicPartition, int]:
     """The offset after each partition's last record, right on Apache Kafka and on tansu (module docstring).
 
-    ``consumer`` must have no group subscription; it is (re)assigned to ``partitions``.
+    ``consumer`` must have no group subscription; it is assigned to ``partitions`` for the measurement and
+    unassigned after it (so that no high watermark of an earlier measurement is read as a fresh one).
     """
     reported: dict[TopicPartition, int] = consumer.end_offsets(partitions)
     ends = dict(reported)
     probe = [tp for tp in partitions if reported.get(tp, 0) > 0]
     if not probe:
         return ends
+    try:
+        _probe_ends(consumer, probe, reported, ends, timeout_s)
+    finally:
+        consumer.unsubscribe()
+    return ends
+
+
+def _probe_ends(consumer: KafkaConsumer, probe: list[TopicPartition], reported: dict[TopicPartition, int],
+                ends: dict[TopicPartition, int], timeout_s: float) -> None:
     consumer.assign(probe)
     for tp in probe:
         consumer.seek(tp, reported[tp] - 1)
@@ -106,7 +116,6 @@ def true_end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition],
             ends[tp] = max(ends[tp], high)
     if waiting:
         log.debug("lag probe: no fetch answer for %s within %.1f s; using the reported end", waiting, timeout_s)
-    return ends
 
 
 class KafkaLag:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).parent / "static" / "dashboard.html"
 KEEP_S = 600.0
+LONGEST_WINDOW_S = max(series.window_s for panel in PANELS for series in panel.series)
+"""Scrapes older than the longest rate window (plus a margin) are dropped."""
 
 
 def registry_source(registry: CollectorRegistry) -> Callable[[], str]:
@@ -82,7 +84,7 @@ class MetricsHistory:
                     log.debug("dashboard source %s not readable: %s", name, error)
                     down.append(name)
             self.down = down
-            while self.scrapes and self.scrapes[0].at < now - max(p.window_s for p in _series()) - 10:
+            while self.scrapes and self.scrapes[0].at < now - LONGEST_WINDOW_S - 10:
                 self.scrapes.popleft()
             self.points.append((now, evaluate_panels(list(self.scrapes), now)))
             while self.points and self.points[0][0] < now - self.keep_s:
@@ -114,10 +116,6 @@ class MetricsHistory:
         """The newest computed panel values."""
         with self._lock:
             return self.points[-1][1] if self.points else {}
-
-
-def _series() -> list[Any]:
-    return [s for panel in PANELS for s in panel.series]
 
 
 def panel_meta(panel: Panel) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -16,6 +16,11 @@ from vectorstore.base import VectorStore
 from workers.kafka_io import EventSink, ensure_topics, make_producer
 from workers.refresher import Refresher, RefresherLoop
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from monitoring.page import MetricsHistory
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +107,8 @@ def run_refresher(settings: Settings) -> None:
         raise SystemExit(f"refresher failed: {loop.error}")
 
 
-def attach_monitoring(app: Any, settings: Settings, registry: CollectorRegistry, store: VectorStore,
-                      separate_refresher: bool) -> Any:
+def attach_monitoring(app: FastAPI, settings: Settings, registry: CollectorRegistry, store: VectorStore,
+                      separate_refresher: bool) -> MetricsHistory:
     """The API's share of monitoring: consumer lag and store size in its /metrics, and /dashboard."""
     from monitoring.page import MetricsHistory, dashboard_router, registry_source, url_source
 

@@ -40,9 +40,18 @@ def test_fetch_based_end_offsets_hold_on_tansu_where_list_offsets_does_not(tmp_p
         group.assign(tps)
         group.commit({tps[0]: OffsetAndMetadata(15, "", -1), tps[1]: OffsetAndMetadata(4, "", -1)})
         group.close()
-        rows = KafkaLag(bootstrap, [LagSource("c", "g", ("t",)), LagSource("new", "never", ("t",))]).measure()
-        lag = {(r.consumer, r.partition): r.lag for r in rows}
+        probe = KafkaLag(bootstrap, [LagSource("c", "g", ("t",)), LagSource("new", "never", ("t",))], cache_s=0)
+        lag = {(r.consumer, r.partition): r.lag for r in probe.measure()}
         assert lag == {("c", 0): 0, ("c", 1): 7, ("new", 0): 15, ("new", 1): 11}
+
+        # a second measurement by the same probe sees a new batch of 6 records on partition 0
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, enable_idempotence=False, acks=1)
+        for _ in range(6):
+            producer.send("t", value=b"y", partition=0)
+        producer.close()
+        lag = {(r.consumer, r.partition): r.lag for r in probe.measure()}
+        assert lag == {("c", 0): 6, ("c", 1): 7, ("new", 0): 21, ("new", 1): 11}
+        probe.close_clients()
     finally:
         broker.terminate()
         broker.wait(10)
