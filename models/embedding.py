@@ -41,6 +41,8 @@ class LiveGraph:
     types: list[str] = field(default_factory=list)
     titles: list[str] = field(default_factory=list)
     adjacency: dict[str, Adjacency] = field(default_factory=dict)
+    followers: dict[str, set[str]] = field(default_factory=dict)
+    """Reverse adjacency: per item, the items that list it as a neighbour (whose vectors read it)."""
     version: int = 0
     """Bumped by every change of text or adjacency, so models can cache what they derive from the graph."""
     _text: np.ndarray = field(init=False)
@@ -86,9 +88,31 @@ class LiveGraph:
 
     def set_adjacency(self, item_id: str, item_type: str, adjacency: Adjacency) -> int:
         """Replace an item's adjacency; returns its row."""
+        old = self.adjacency.get(item_id, {})
+        for gone in old.keys() - adjacency.keys():
+            self.followers.get(gone, set()).discard(item_id)
+        for new in adjacency.keys() - old.keys():
+            self.followers.setdefault(new, set()).add(item_id)
         self.adjacency[item_id] = adjacency
         self.version += 1
         return self.row(item_id, item_type)
+
+    def affected(self, adjacency_changed: set[str], text_changed: set[str], hops: int) -> set[str]:
+        """The items whose vectors a change can move, for a model that reads ``hops`` hops of neighbours.
+
+        An item's vector reads the texts up to ``hops`` hops away and the adjacencies (edges and weights) up to
+        ``hops - 1`` hops away, following each item's own adjacency. So a changed text moves its item and every
+        item up to ``hops`` steps back along the reverse adjacency (:attr:`followers`); a changed adjacency moves
+        its item and every item up to ``hops - 1`` steps back.
+        """
+        out: set[str] = set()
+        for start, depth in ((adjacency_changed, hops - 1), (text_changed, hops)):
+            reached = frontier = set(start)
+            for _ in range(depth):
+                frontier = {f for item in frontier for f in self.followers.get(item, ())} - reached
+                reached = reached | frontier
+            out |= reached
+        return out
 
     def text(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Text embeddings of ``rows``: shape ``(len(rows), text_dim)``; zeros where text is unknown."""
@@ -115,6 +139,8 @@ class VectorModel(Protocol):
 
     version: str
     dim: int
+    hops: int
+    """How many hops of neighbours an item vector reads (see :meth:`LiveGraph.affected`)."""
 
     def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
         """Vectors of the items at ``rows``: shape ``(len(rows), dim)``, unit norm."""
@@ -133,6 +159,8 @@ class TextPropagationModel:
     One hop of weighted neighbour averaging over the co-interaction graph makes co-consumed items close even
     when their texts are unrelated; it is the stand-in that the trained HGNN + two-tower model replaces.
     """
+
+    hops = 1
 
     def __init__(self, encoder_name: str, dim: int, beta: float = 1.0, history: int = 50) -> None:
         self.dim = dim

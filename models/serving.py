@@ -61,7 +61,8 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
 
 
 class TrainedModel:
-    """The trained 2T-HGNN as a :class:`~models.embedding.VectorModel`.
+    """The trained 2T-HGNN as a :class:`~models.embedding.VectorModel`: item vectors read 2 hops (the HGNN's
+    layers).
 
     Args:
         directory: a model directory written by :func:`train_for_serving`.
@@ -88,6 +89,7 @@ class TrainedModel:
         self.towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
         self.towers.to(self.device).eval()
         self.dim = self.tt_config.dim
+        self.hops = 2
         self._embedding: np.ndarray | None = None
         self._stamp: tuple[int, int] = (-1, -1)
 

@@ -21,6 +21,7 @@ class StreamMetrics:
     dead_letters: Counter
     pairs: Counter
     pairs_published: Counter
+    pairs_redelivered: Counter
     user_updates: Counter
     item_updates: Counter
     batch_seconds: Histogram
@@ -37,6 +38,9 @@ class StreamMetrics:
                           registry=registry),
             pairs_published=Counter("gfm_graph_pairs_published_total",
                                     "Directed co-interaction pairs published to the pairs topic", registry=registry),
+            pairs_redelivered=Counter("gfm_graph_pairs_redelivered_total",
+                                      "Pairs skipped because their item had merged their origin already",
+                                      registry=registry),
             user_updates=Counter("gfm_user_updates_total", "User refresh requests published", registry=registry),
             item_updates=Counter("gfm_item_updates_total", "Item refresh requests published", registry=registry),
             batch_seconds=Histogram("gfm_stream_batch_seconds", "Time to process one micro-batch",
@@ -70,6 +74,8 @@ class RefresherMetrics:
     batch_seconds: Histogram
     freshness_seconds: Histogram
     catalog_items: Gauge
+    pending: Gauge
+    store_errors: Counter
     item_freshness_seconds: Histogram
     last_upsert: Gauge
     model_info: Gauge
@@ -121,6 +127,10 @@ class RefresherMetrics:
                               "Unix time of the newest upsert, by kind (item, user)", ["kind"], registry=registry),
             model_info=Gauge("gfm_model_info", "The model version that computes the vectors (value 1)",
                              ["version"], registry=registry),
+            pending=Gauge("gfm_refresh_pending", "Dependents waiting to be refreshed (the frontier), by kind",
+                          ["kind"], registry=registry),
+            store_errors=Counter("gfm_vector_store_errors_total", "Failed vector store calls (retried)", ["op"],
+                                 registry=registry),
         )
 
 

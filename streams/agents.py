@@ -7,11 +7,31 @@ Data path (``P`` partitions everywhere, every key routed by Kafka's murmur2 part
                                           '-----> pairs (packs routed by item) --update_edges--> adjacency table
                                                                                       '-----> item-updates
 
-Both agents read micro-batches with ``stream.take_events`` (acked only after the batch's table writes and
-sends are issued, so delivery is at least once), fold them with :func:`fold_events` / :func:`fold_pairs`,
-write each touched table key once, and publish one refresh request per touched user or item. Tables are
-written inside ``take`` so they use ``use_partitioner=True`` with ``bytes`` keys: a key's changelog partition
-is then the partition its source messages arrive on, which keeps state right across rebalances.
+Both agents read micro-batches with ``stream.take_events`` and fold them with :func:`fold_events` /
+:func:`fold_pairs`.
+
+**Exactly the fold of the log.** The state is right after any crash, restart or redelivery because of three rules:
+
+1. *Offsets live with the state they produced.* A user's table value records, per events partition, the offset of
+   the last message applied to it; an item's records, per events partition, the offset of the events message whose
+   pairs it last merged (every pair group carries that origin). A redelivered message, or a pair group sent again,
+   is recognised by its offset and skipped. A user's events all come from one partition (producers route by
+   user; a misrouted event is forwarded to its partition), so one offset per partition orders them.
+2. *Outputs before state.* A batch's outputs (pairs, refresh requests, dead letters) are sent and their delivery
+   awaited *before* the batch's table writes. A crash in between leaves the old state, so the batch is
+   processed again and sends the same outputs again (its computation is deterministic), which rule 1 makes
+   harmless downstream.
+3. *The state store survives a restart.* Tables live in RocksDB (:mod:`streams.store`), changelogged to Kafka;
+   Faust commits input offsets only after flushing the producer, so a committed offset never runs ahead of the
+   changelog.
+
+Redelivered *events* (the same ``event_id`` produced twice, by a client retry) are dropped by event id (the last
+``max_event_ids`` per user, see :mod:`models.graph`). Delivery into the state is therefore effectively once;
+the refresh-request and dead-letter topics are at least once (consumers are idempotent).
+
+Messages that cannot be decoded go to the dead-letter topic with their reason, partition and offset; the agents
+never crash on input. An unexpected error (the broker unreachable, a bug) stops the worker, so that its supervisor
+restarts it and the unapplied messages are delivered again.
 """
 
 from __future__ import annotations
@@ -31,7 +51,14 @@ from kafka.partitioner.default import murmur2
 from models.graph import Adjacency, GraphConfig, UserState, apply_consumption, merge_neighbour, new_user_state
 from monitoring.metrics import StreamMetrics
 from streams.errors import InvalidRecord
-from streams.records import DeadLetter, ItemUpdate, ListenEvent, UserUpdate, decode_pack, validate_event
+from streams.records import (
+    ListenEvent,
+    dead_letter,
+    decode_pack,
+    event_to_dict,
+    load_json,
+    validate_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +77,7 @@ class StreamConfig:
     min_stream_ms: int = 30_000
     producer_max_batch_size: int = 1
     datadir: str = "var/faust"
+    store: str = "gfm-rocksdb://"
     graph: GraphConfig = field(default_factory=GraphConfig)
 
     def topic(self, name: str) -> str:
@@ -79,82 +107,137 @@ def counts_as_consumption(event: ListenEvent, min_stream_ms: int) -> bool:
     return False
 
 
+Message = tuple[bytes | None, float, int, int]
+"""One consumed message: ``(value, produce time in unix s, partition, offset)``."""
+
+Dead = tuple[bytes | None, InvalidRecord, int, int]
+"""A rejected message or pack element: ``(bytes, why, partition, offset)``."""
+
+
+@dataclass
+class UserEntry:
+    """A user's table value: their state (see :mod:`models.graph`) and, per events partition, the offset of the
+    last message applied to it."""
+
+    state: UserState
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ItemEntry:
+    """An item's table value: its type, its adjacency and, per events partition, the offset of the events message
+    whose pairs it last merged."""
+
+    item_type: str
+    adjacency: Adjacency = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass
 class EventBatch:
     """What one micro-batch of event messages changed."""
 
-    users: dict[str, UserState] = field(default_factory=dict)
+    users: dict[str, UserEntry] = field(default_factory=dict)
     sent_at: dict[str, float] = field(default_factory=dict)
     """Per touched user: the earliest produce time (unix s) of the messages that changed them."""
-    pairs: dict[int, dict[str, list[Any]]] = field(default_factory=lambda: defaultdict(dict))
-    """Per partition, per source item: ``[src, src_type, dst, dst_type, ts, dst, dst_type, ts, ...]``, the
-    item's new pairs in order (see :func:`pack_pairs`)."""
+    pairs: dict[int, dict[tuple[str, int, int], list[Any]]] = field(default_factory=lambda: defaultdict(dict))
+    """Per pairs partition, per ``(source item, events partition, events offset)``: the group
+    ``[src, src_type, partition, offset, dst, dst_type, ts, dst, dst_type, ts, ...]`` (see :func:`pack_pairs`)."""
     pair_count: int = 0
-    dead: list[tuple[bytes, InvalidRecord]] = field(default_factory=list)
+    rerouted: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    """Events that arrived on another partition than their user's, per the partition they belong to."""
+    dead: list[Dead] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 def fold_events(
-    messages: Iterable[tuple[bytes, float]],
-    lookup_user: Callable[[str], UserState | None],
+    messages: Iterable[Message],
+    lookup_user: Callable[[str], UserEntry | None],
     config: StreamConfig,
 ) -> EventBatch:
-    """Apply a micro-batch of event messages ``(raw value, produce time)`` to user states.
+    """Apply a micro-batch of event messages to user states.
 
     Args:
-        messages: the raw messages, in offset order.
-        lookup_user: the stored state of a user, or None.
+        messages: the raw messages, in offset order within each partition.
+        lookup_user: the stored entry of a user, or None.
         config: bounds and partitions.
 
     Returns:
-        The touched users' new states, the pairs to publish by partition, and the rejected elements.
+        The touched users' new entries, the pairs to publish by partition, events to forward to their own
+        partition, and the rejected messages and elements.
     """
     batch = EventBatch()
-    for raw, sent_at in messages:
+    looked_up: dict[str, UserEntry | None] = {}
+
+    def entry_of(user_id: str) -> UserEntry | None:
+        found = batch.users.get(user_id)
+        if found is None:
+            if user_id not in looked_up:
+                looked_up[user_id] = lookup_user(user_id)
+            found = looked_up[user_id]
+        return found
+
+    for raw, sent_at, partition, offset in messages:
         try:
             events, rejected = decode_pack(raw, validate_event)
         except InvalidRecord as unreadable:
-            batch.dead.append((raw, unreadable))
+            batch.dead.append((raw, unreadable, partition, offset))
             batch.outcomes["invalid"] += 1
             continue
         for element, reason in rejected:
-            batch.dead.append((json.dumps(element, default=str).encode(), reason))
+            batch.dead.append((json.dumps(element, default=str).encode(), reason, partition, offset))
             batch.outcomes["invalid"] += 1
+        source = str(partition)
+        changed_here: set[str] = set()
         for event in events:
+            home = partition_for(event.user_id, config.partitions)
+            if home != partition:
+                batch.rerouted[home].append(event_to_dict(event))
+                batch.outcomes["rerouted"] += 1
+                continue
             if not counts_as_consumption(event, config.min_stream_ms):
                 batch.outcomes["not_consumption"] += 1
                 continue
-            state = batch.users.get(event.user_id) or lookup_user(event.user_id) or new_user_state()
+            entry = entry_of(event.user_id)
+            if entry is not None and entry.offsets.get(source, -1) >= offset:
+                batch.outcomes["redelivered"] += 1
+                continue
+            if entry is None:
+                entry = UserEntry(new_user_state())
             changed, pairs = apply_consumption(
-                state, event.event_id, event.item_id, event.item_type, event.ts, config.graph
+                entry.state, event.event_id, event.item_id, event.item_type, event.ts, config.graph
             )
             if not changed:
                 batch.outcomes["duplicate"] += 1
                 continue
             batch.outcomes["consumed"] += 1
-            batch.users[event.user_id] = state
+            batch.users[event.user_id] = entry
+            changed_here.add(event.user_id)
             batch.sent_at[event.user_id] = min(batch.sent_at.get(event.user_id, sent_at), sent_at)
             for src, src_type, dst, dst_type, pair_ts in pairs:
                 groups = batch.pairs[partition_for(src, config.partitions)]
-                group = groups.get(src)
+                group = groups.get((src, partition, offset))
                 if group is None:
-                    group = groups[src] = [src, src_type]
+                    group = groups[(src, partition, offset)] = [src, src_type, partition, offset]
                 group += (dst, dst_type, pair_ts)
             batch.pair_count += len(pairs)
+        for user_id in changed_here:
+            batch.users[user_id].offsets[source] = offset
     return batch
 
 
-def pack_pairs(groups: dict[str, list[Any]], per_message: int) -> Iterator[bytes]:
-    """Messages of the pairs topic: JSON lists of source groups, about ``per_message`` pairs each.
+def pack_pairs(groups: dict[Any, list[Any]], per_message: int) -> Iterator[bytes]:
+    """Messages of the pairs topic: JSON lists of pair groups, about ``per_message`` pairs each.
 
-    Grouping by source item keeps each item's pairs in order (all that its adjacency depends on) and makes
-    the messages much cheaper to parse than one small list per pair.
+    A group is ``[src, src_type, partition, offset, dst, dst_type, ts, ...]``: the pairs that one events message
+    (at ``partition``, ``offset``) gave item ``src``, in order. A group is never split across messages, so a
+    redelivered group is recognised whole by its origin.
     """
     chunk: list[list[Any]] = []
     size = 0
     for group in groups.values():
         chunk.append(group)
-        size += (len(group) - 2) // 3
+        size += (len(group) - 4) // 3
         if size >= per_message:
             yield json.dumps(chunk, separators=(",", ":")).encode()
             chunk, size = [], 0
@@ -162,28 +245,107 @@ def pack_pairs(groups: dict[str, list[Any]], per_message: int) -> Iterator[bytes
         yield json.dumps(chunk, separators=(",", ":")).encode()
 
 
-def fold_pairs(
-    messages: Iterable[bytes],
-    lookup_item: Callable[[str], dict[str, Any] | None],
-    max_degree: int,
-) -> tuple[dict[str, dict[str, Any]], int]:
-    """Merge a micro-batch of pair messages (see :func:`pack_pairs`) into item adjacencies, in order.
+def decode_pairs(raw: bytes | None) -> list[list[Any]]:
+    """Decode and check one message of the pairs topic (see :func:`pack_pairs`).
 
-    Returns:
-        Each touched item's entry ``{"type": item_type, "adj": Adjacency}``, and how many pairs were merged.
+    Raises:
+        InvalidRecord: naming what is wrong; nothing else escapes.
     """
-    touched: dict[str, dict[str, Any]] = {}
-    merged = 0
-    for raw in messages:
-        for group in json.loads(raw):
+    groups = load_json(raw)
+    if not isinstance(groups, list):
+        raise InvalidRecord("<pairs>", groups, "a pairs message must be a JSON list of groups")
+    for group in groups:
+        if not isinstance(group, list) or len(group) < 4 or (len(group) - 4) % 3:
+            raise InvalidRecord("<group>", group, "a group is [src, src_type, partition, offset, (dst, dst_type, ts)*]")
+        src, src_type, partition, offset = group[:4]
+        if not (isinstance(src, str) and src and isinstance(src_type, str) and src_type):
+            raise InvalidRecord("src", group[:2], "source item and type must be non-empty strings")
+        for name, number in (("partition", partition), ("offset", offset)):
+            if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 2**63:
+                raise InvalidRecord(name, number, "must be a non-negative integer")
+        for k in range(4, len(group), 3):
+            dst, dst_type, ts = group[k : k + 3]
+            if not (isinstance(dst, str) and dst and isinstance(dst_type, str) and dst_type):
+                raise InvalidRecord("dst", group[k : k + 2], "neighbour item and type must be non-empty strings")
+            if isinstance(ts, bool) or not isinstance(ts, int | float) or ts != ts:
+                raise InvalidRecord("ts", ts, "must be a number")
+    return groups
+
+
+@dataclass
+class PairBatch:
+    """What one micro-batch of pair messages changed."""
+
+    items: dict[str, ItemEntry] = field(default_factory=dict)
+    merged: int = 0
+    redelivered: int = 0
+    dead: list[Dead] = field(default_factory=list)
+
+
+def fold_pairs(
+    messages: Iterable[tuple[bytes | None, int, int]],
+    lookup_item: Callable[[str], ItemEntry | None],
+    max_degree: int,
+) -> PairBatch:
+    """Merge a micro-batch of pair messages ``(value, partition, offset)`` into item adjacencies, in order,
+    skipping every group whose origin the item has merged already."""
+    batch = PairBatch()
+    for raw, partition, offset in messages:
+        try:
+            groups = decode_pairs(raw)
+        except InvalidRecord as error:
+            batch.dead.append((raw, error, partition, offset))
+            continue
+        for group in groups:
             src = group[0]
-            entry = touched.get(src) or lookup_item(src) or {"type": group[1], "adj": {}}
-            adjacency: Adjacency = entry["adj"]
-            for k in range(2, len(group), 3):
+            source, origin = str(group[2]), group[3]
+            entry = batch.items.get(src) or lookup_item(src)
+            n = (len(group) - 4) // 3
+            if entry is not None and entry.offsets.get(source, -1) >= origin:
+                batch.redelivered += n
+                continue
+            if entry is None:
+                entry = ItemEntry(group[1])
+            adjacency = entry.adjacency
+            for k in range(4, len(group), 3):
                 merge_neighbour(adjacency, group[k], group[k + 1], group[k + 2], max_degree)
-            touched[src] = entry
-            merged += (len(group) - 2) // 3
-    return touched, merged
+            entry.offsets[source] = origin
+            batch.items[src] = entry
+            batch.merged += n
+    return batch
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def encode_user(user_id: str, entry: UserEntry, event_ts: float) -> tuple[bytes, bytes]:
+    """A user's table value and refresh request, encoding the (large) state once for both."""
+    state = _json(entry.state)
+    table = f'{{"offsets":{_json(entry.offsets)},"state":{state}}}'
+    update = f'{{"user_id":{_json(user_id)},"event_ts":{_json(event_ts)},"state":{state}}}'
+    return table.encode(), update.encode()
+
+
+def decode_user(raw: bytes) -> UserEntry:
+    """A user's table value (see :func:`encode_user`)."""
+    value = json.loads(raw)
+    return UserEntry(value["state"], value["offsets"])
+
+
+def encode_item(item_id: str, entry: ItemEntry) -> tuple[bytes, bytes]:
+    """An item's table value and refresh request, encoding the adjacency once for both."""
+    adjacency = _json(entry.adjacency)
+    item_type = _json(entry.item_type)
+    table = f'{{"type":{item_type},"offsets":{_json(entry.offsets)},"adj":{adjacency}}}'
+    update = f'{{"item_id":{_json(item_id)},"item_type":{item_type},"adjacency":{adjacency}}}'
+    return table.encode(), update.encode()
+
+
+def decode_item(raw: bytes) -> ItemEntry:
+    """An item's table value (see :func:`encode_item`)."""
+    value = json.loads(raw)
+    return ItemEntry(value["type"], value["adj"], value["offsets"])
 
 
 def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
@@ -193,59 +355,66 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         config: broker, topics, bounds.
         metrics: where the agents count what they do.
     """
+    import streams.store  # noqa: F401  (registers the gfm-rocksdb:// store)
+
     app = faust.App(
         config.app_id,
         broker=config.broker,
-        store="memory://",
+        store=config.store,
         datadir=config.datadir,
         topic_partitions=config.partitions,
         producer_max_batch_size=config.producer_max_batch_size,
+        producer_acks=-1,
+        consumer_max_fetch_size=16 * 1024 * 1024,  # a poison message of several MB must not stall a partition
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         web_enabled=False,
         web_host="127.0.0.1",
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(config.topic("events"), partitions=config.partitions, **raw)  # type: ignore[arg-type]
-    pairs_topic = app.topic(config.topic("pairs"), partitions=config.partitions, **raw)  # type: ignore[arg-type]
-    user_updates = app.topic(config.topic("user-updates"), key_type=bytes, value_type=UserUpdate,
-                             partitions=config.partitions)
-    item_updates = app.topic(config.topic("item-updates"), key_type=bytes, value_type=ItemUpdate,
-                             partitions=config.partitions)
-    dead_letters = app.topic(config.topic("dead-letter"), value_type=DeadLetter, partitions=1)
-    users = app.Table("users", key_type=bytes, value_type=dict, use_partitioner=True,
-                      partitions=config.partitions)
-    adjacency = app.Table("adjacency", key_type=bytes, value_type=dict, use_partitioner=True,
-                          partitions=config.partitions)
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+                           "value_serializer": "raw", "partitions": config.partitions}
+    events_topic = app.topic(config.topic("events"), **raw)
+    pairs_topic = app.topic(config.topic("pairs"), **raw)
+    user_updates = app.topic(config.topic("user-updates"), **raw)
+    item_updates = app.topic(config.topic("item-updates"), **raw)
+    dead_letters = app.topic(config.topic("dead-letter"), **{**raw, "partitions": 1})
+    table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "partitions": config.partitions,
+                             "use_partitioner": True}
+    users = app.Table("users", **table)
+    adjacency = app.Table("adjacency", **table)
 
-    async def send_dead(source: str, raw_value: bytes, error: InvalidRecord) -> None:
-        log.warning("dead letter from %s: %s", source, error)
-        metrics.dead_letters.labels(source, error.field).inc()
-        await dead_letters.send(
-            value=DeadLetter(topic=source, reason=str(error), field=error.field,
-                             original=raw_value.decode("latin-1"))
-        )
+    async def send_dead(source: str, dead: list[Dead]) -> None:
+        for raw_value, error, partition, offset in dead:
+            log.warning("dead letter from %s[%d]@%d: %s", source, partition, offset, error)
+            metrics.dead_letters.labels(source, error.field[:40]).inc()
+            letter = dead_letter(source, raw_value, error, partition, offset)
+            await dead_letters.send(value=letter.dumps())
 
     async def handle_events(events: list[Any]) -> None:
         started = time.perf_counter()
+
+        def lookup(user_id: str) -> UserEntry | None:
+            found = users.get(user_id.encode())
+            return None if found is None else decode_user(found)
+
         batch = fold_events(
-            ((e.value, e.message.timestamp) for e in events),
-            lambda user_id: users.get(user_id.encode()),
-            config,
-        )
-        for raw_value, error in batch.dead:
-            await send_dead(config.topic("events"), raw_value, error)
-        for user_id, state in batch.users.items():
-            users[user_id.encode()] = state
-            await user_updates.send(
-                key=user_id.encode(),
-                value=UserUpdate(user_id=user_id, state=state, event_ts=batch.sent_at[user_id]),
-            )
+            ((e.value, e.message.timestamp, e.message.partition, e.message.offset) for e in events),
+            lookup, config)
+        await send_dead(config.topic("events"), batch.dead)
+        for partition, rows in batch.rerouted.items():
+            await events_topic.send(value=_json(rows).encode(), partition=partition)
         # pair messages carry the batch's earliest event time, for event -> item vector latency (monitoring)
         first_event = min(batch.sent_at.values(), default=None)
         for partition, groups in batch.pairs.items():
             for message in pack_pairs(groups, PAIRS_PER_MESSAGE):
                 await pairs_topic.send(value=message, partition=partition, timestamp=first_event)
+        values = {}
+        for user_id, entry in batch.users.items():
+            values[user_id], update = encode_user(user_id, entry, batch.sent_at[user_id])
+            await user_updates.send(key=user_id.encode(), value=update)
+        await app.producer.flush()  # outputs delivered before the state that records them (rule 2)
+        for user_id, value in values.items():
+            users[user_id.encode()] = value
         metrics.pairs_published.inc(batch.pair_count)
         for outcome, n in batch.outcomes.items():
             metrics.events.labels(outcome).inc(n)
@@ -254,34 +423,40 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
 
     async def handle_pairs(events: list[Any]) -> None:
         started = time.perf_counter()
-        values = [e.value for e in events]
+
+        def lookup(item_id: str) -> ItemEntry | None:
+            found = adjacency.get(item_id.encode())
+            return None if found is None else decode_item(found)
+
         first_event = min(e.message.timestamp for e in events)  # item updates carry it on (monitoring)
-        touched, merged = fold_pairs(values, lambda item_id: adjacency.get(item_id.encode()),
-                                     config.graph.max_degree)
-        for item_id, entry in touched.items():
-            adjacency[item_id.encode()] = entry
-            await item_updates.send(
-                key=item_id.encode(),
-                value=ItemUpdate(item_id=item_id, item_type=entry["type"], adjacency=entry["adj"]),
-                timestamp=first_event,
-            )
-        metrics.pairs.inc(merged)
-        metrics.item_updates.inc(len(touched))
+        batch = fold_pairs(((e.value, e.message.partition, e.message.offset) for e in events), lookup,
+                           config.graph.max_degree)
+        await send_dead(config.topic("pairs"), batch.dead)
+        values = {}
+        for item_id, entry in batch.items.items():
+            values[item_id], update = encode_item(item_id, entry)
+            await item_updates.send(key=item_id.encode(), value=update, timestamp=first_event)
+        await app.producer.flush()
+        for item_id, value in values.items():
+            adjacency[item_id.encode()] = value
+        metrics.pairs.inc(batch.merged)
+        metrics.pairs_redelivered.inc(batch.redelivered)
+        metrics.item_updates.inc(len(batch.items))
         metrics.batch_seconds.labels("edges").observe(time.perf_counter() - started)
 
     async def guarded(handler: Callable[[Any], Awaitable[None]], batch: Any) -> None:
         try:
             await handler(batch)
         except Exception as error:
-            # A crashed agent would leave the worker up but idle: stop the worker instead, so that its
-            # supervisor restarts it and the unacknowledged messages are delivered again.
+            # Input never raises here (it is dead-lettered); this is the broker or a bug. Stop the worker so that
+            # its supervisor restarts it and the unapplied messages are delivered again (nothing was acked).
             log.critical("stream agent crashed: %r; stopping the worker", error)
             await app.crash(error)
             raise
 
+    # take_events (not in faust's type stubs) keeps each message's partition, offset and timestamp
     @app.agent(events_topic)
     async def process_events(stream: faust.StreamT) -> None:
-        # take_events (not in faust's type stubs) keeps each message's timestamp, for freshness
         takes = stream.take_events(config.take_max, within=config.take_within_s)  # type: ignore[attr-defined]
         async for events in takes:
             await guarded(handle_events, events)

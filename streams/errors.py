@@ -6,7 +6,13 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 120
+_SHORT.maxother = 120
+_SHORT.maxlevel = 3
 
 
 class GfmStreamError(Exception):
@@ -24,6 +30,6 @@ class InvalidRecord(GfmStreamError):
 
     def __init__(self, field: str, value: Any, reason: str) -> None:
         self.field = field
-        self.value = repr(value)[:200]
+        self.value = _SHORT.repr(value)[:200]  # bounded work and size, whatever the value (deep, huge)
         self.reason = reason
         super().__init__(f"{field}={self.value}: {reason}")

@@ -23,6 +23,14 @@ from streams.errors import InvalidRecord
 EVENT_KINDS = frozenset({"stream", "preview", "follow"})
 _TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _MAX_ID = 256
+MAX_TS = 4_102_444_800.0
+"""2100-01-01: a later ``ts`` is a corrupt clock or a unit mistake (milliseconds), not a listening event."""
+MAX_MS_PLAYED = 2**53
+_MAX_TITLE = 1000
+_MAX_DESCRIPTION = 10_000
+DEAD_LETTER_ORIGINAL_BYTES = 64 * 1024
+"""A dead letter keeps at most this much of the original message (and its size, topic, partition and offset,
+which locate the whole of it), so a huge poison message cannot make the dead letter itself too big to send."""
 R = TypeVar("R")
 
 
@@ -64,21 +72,47 @@ class ItemUpdate(faust.Record, serializer="json"):
 
 
 class DeadLetter(faust.Record, serializer="json"):
-    """A rejected message: where it came from, why, and its original bytes (latin-1 decoded)."""
+    """A rejected message: where it came from, why, and its original bytes (latin-1 decoded, the first
+    :data:`DEAD_LETTER_ORIGINAL_BYTES` of ``size``)."""
 
     topic: str
     reason: str
     field: str
     original: str
+    size: int = 0
+    partition: int = -1
+    offset: int = -1
+
+
+def dead_letter(topic: str, raw: bytes | None, error: InvalidRecord, partition: int = -1,
+                offset: int = -1) -> DeadLetter:
+    """The dead letter of a rejected message (or of one rejected element of a pack)."""
+    raw = raw or b""
+    return DeadLetter(topic=topic, reason=str(error), field=error.field,
+                      original=raw[:DEAD_LETTER_ORIGINAL_BYTES].decode("latin-1"), size=len(raw),
+                      partition=partition, offset=offset)
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (JSON allows lone surrogates such as ``"\\ud800"``; Kafka keys cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _identifier(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidRecord(name, value, "must be a non-empty string")
+    if isinstance(value, int) and not -(10**18) < value < 10**18:
+        raise InvalidRecord(name, value, "a numeric id must have at most 18 digits")
     text = str(value)
     if not text or len(text) > _MAX_ID or text != text.strip():
         raise InvalidRecord(name, value, f"must be 1-{_MAX_ID} characters without surrounding spaces")
+    if not _encodable(text):
+        raise InvalidRecord(name, value, "must be valid Unicode (no lone surrogates)")
     return text
 
 
@@ -97,24 +131,48 @@ def validate_event(data: Any) -> ListenEvent:
     """
     if not isinstance(data, Mapping):
         raise InvalidRecord("<event>", data, "an event must be a JSON object")
-    ts = data.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts <= 0:
-        raise InvalidRecord("ts", ts, "must be a positive number of unix seconds")
+    ts = _timestamp(data.get("ts"))
     kind = data.get("kind", "stream")
-    if kind not in EVENT_KINDS:
+    if not isinstance(kind, str) or kind not in EVENT_KINDS:
         raise InvalidRecord("kind", kind, f"must be one of {sorted(EVENT_KINDS)}")
     ms_played = data.get("ms_played")
-    if ms_played is not None and (isinstance(ms_played, bool) or not isinstance(ms_played, int) or ms_played < 0):
-        raise InvalidRecord("ms_played", ms_played, "must be a non-negative integer or null")
+    if ms_played is not None and (isinstance(ms_played, bool) or not isinstance(ms_played, int)
+                                  or not 0 <= ms_played <= MAX_MS_PLAYED):
+        raise InvalidRecord("ms_played", ms_played, f"must be an integer in [0, {MAX_MS_PLAYED}] or null")
     return ListenEvent(
         event_id=_identifier(data, "event_id"),
         user_id=_identifier(data, "user_id"),
         item_id=_identifier(data, "item_id"),
         item_type=_item_type(data),
-        ts=float(ts),
+        ts=ts,
         kind=kind,
         ms_played=ms_played,
     )
+
+
+def _timestamp(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRecord("ts", value, "must be a positive number of unix seconds")
+    try:
+        ts = float(value)
+    except OverflowError:
+        ts = math.inf
+    if not math.isfinite(ts) or not 0 < ts <= MAX_TS:
+        raise InvalidRecord("ts", value, f"must be a positive number of unix seconds, at most {MAX_TS:.0f} (2100)")
+    return ts
+
+
+def _text(data: Mapping[str, Any], name: str, limit: int, required: bool) -> str:
+    value = data.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise InvalidRecord(name, value, "must be a non-empty string" if required else "must be a string")
+    if len(value) > limit:
+        raise InvalidRecord(name, value, f"must be at most {limit} characters (got {len(value)})")
+    if not _encodable(value):
+        raise InvalidRecord(name, value, "must be valid Unicode (no lone surrogates)")
+    return value
 
 
 def validate_catalog_item(data: Any) -> CatalogItem:
@@ -125,14 +183,8 @@ def validate_catalog_item(data: Any) -> CatalogItem:
     """
     if not isinstance(data, Mapping):
         raise InvalidRecord("<item>", data, "a catalogue item must be a JSON object")
-    title = data.get("title")
-    if not isinstance(title, str) or not title.strip():
-        raise InvalidRecord("title", title, "must be a non-empty string")
-    description = data.get("description", "")
-    if description is None:
-        description = ""
-    if not isinstance(description, str):
-        raise InvalidRecord("description", description, "must be a string")
+    title = _text(data, "title", _MAX_TITLE, required=True)
+    description = _text(data, "description", _MAX_DESCRIPTION, required=False)
     return CatalogItem(
         item_id=_identifier(data, "item_id"),
         item_type=_item_type(data),
@@ -141,14 +193,26 @@ def validate_catalog_item(data: Any) -> CatalogItem:
     )
 
 
-def _load_json(raw: bytes) -> Any:
+def load_json(raw: bytes | None) -> Any:
+    """Decode a message value as JSON.
+
+    Raises:
+        InvalidRecord: for a null value (a tombstone), bytes that are not UTF-8 JSON, or JSON nested too deeply
+            to decode. Nothing else escapes.
+    """
+    if raw is None:
+        raise InvalidRecord("<message>", None, "a null value (tombstone) is not a record")
+    if not isinstance(raw, bytes | bytearray | str):
+        raise InvalidRecord("<message>", raw, "the message value must be bytes")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # also UnicodeDecodeError, and integers past Python's 4,300-digit limit
         raise InvalidRecord("<message>", raw[:60], f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRecord("<message>", raw[:60], "JSON nested too deeply") from None
 
 
-def decode_pack(raw: bytes, validate: Callable[[Any], R]) -> tuple[list[R], list[tuple[Any, InvalidRecord]]]:
+def decode_pack(raw: bytes | None, validate: Callable[[Any], R]) -> tuple[list[R], list[tuple[Any, InvalidRecord]]]:
     """Decode a message holding one record (a JSON object) or a pack of them (a JSON array).
 
     Args:
@@ -161,7 +225,7 @@ def decode_pack(raw: bytes, validate: Callable[[Any], R]) -> tuple[list[R], list
     Raises:
         InvalidRecord: when the message as a whole is unreadable.
     """
-    data = _load_json(raw)
+    data = load_json(raw)
     valid: list[R] = []
     rejected: list[tuple[Any, InvalidRecord]] = []
     for element in data if isinstance(data, list) else [data]:
@@ -183,3 +247,61 @@ def event_to_dict(event: ListenEvent) -> dict[str, Any]:
         "kind": event.kind,
         "ms_played": event.ms_played,
     }
+
+
+def _mapping(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name)
+    if not isinstance(value, Mapping):
+        raise InvalidRecord(name, value, "must be a JSON object")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise InvalidRecord(name, value, "must be a number")
+    return float(value)
+
+
+def validate_user_update(data: Any) -> UserUpdate:
+    """Check a decoded refresh request for a user (as :mod:`streams.agents` writes them).
+
+    Raises:
+        InvalidRecord: naming the first field that is missing or wrong.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidRecord("<user-update>", data, "must be a JSON object")
+    user_id = _identifier(data, "user_id")
+    event_ts = _number(data.get("event_ts"), "event_ts")
+    state = _mapping(data, "state")
+    recent = _mapping(state, "recent")
+    for item_type, rows in recent.items():
+        if not isinstance(rows, list):
+            raise InvalidRecord("state.recent", item_type, "must map item types to lists")
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)):
+                raise InvalidRecord("state.recent", row, "rows must be [item_id, ts]")
+            _number(row[1], "state.recent.ts")
+    _mapping(state, "consumed")
+    for item_type, count in _mapping(state, "counts").items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidRecord("state.counts", {item_type: count}, "counts must be non-negative integers")
+    return UserUpdate(user_id=user_id, state=dict(state), event_ts=event_ts)
+
+
+def validate_item_update(data: Any) -> ItemUpdate:
+    """Check a decoded refresh request for an item (as :mod:`streams.agents` writes them).
+
+    Raises:
+        InvalidRecord: naming the first field that is missing or wrong.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidRecord("<item-update>", data, "must be a JSON object")
+    item_id = _identifier(data, "item_id")
+    item_type = _item_type(data)
+    adjacency = _mapping(data, "adjacency")
+    for neighbour, entry in adjacency.items():
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and _TYPE_RE.match(entry[0])
+                and not isinstance(entry[1], bool) and isinstance(entry[1], int) and entry[1] > 0):
+            raise InvalidRecord("adjacency", {neighbour: entry}, "entries must be [item_type, weight >= 1, ts]")
+        _number(entry[2], "adjacency.ts")
+    return ItemUpdate(item_id=item_id, item_type=item_type, adjacency=dict(adjacency))

@@ -24,6 +24,9 @@ from workers.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 TOPICS = ("events", "pairs", "user-updates", "item-updates", "catalog", "dead-letter")
+COMPACTED = frozenset({"user-updates", "item-updates", "catalog"})
+"""Keyed topics whose latest record per key is the state (the refresher rebuilds its mirror from them): Kafka
+keeps that record per key forever and drops older ones. The others are logs, kept for the broker's retention."""
 
 
 def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
@@ -40,7 +43,8 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(kafka.topic(name), 1 if name == "dead-letter" else kafka.partitions, kafka.replication)
+            NewTopic(kafka.topic(name), 1 if name == "dead-letter" else kafka.partitions, kafka.replication,
+                     topic_configs={"cleanup.policy": "compact" if name in COMPACTED else "delete"})
             for name in TOPICS
             if kafka.topic(name) not in existing
         ]
@@ -54,8 +58,9 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
 
 def make_producer(kafka: KafkaSettings, linger_ms: int = 5) -> KafkaProducer:
     """A producer for the project's JSON messages."""
-    # idempotence off: tansu does not support it (and acks=1 rules it out anyway)
-    return KafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=linger_ms, acks=1, enable_idempotence=False,
+    # acks=all: an accepted event is on every in-sync replica. Idempotence off: tansu does not support it (a
+    # retried send may then duplicate a pack, which the stream drops by event id).
+    return KafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=linger_ms, acks="all", enable_idempotence=False,
                          client_id="gfm-producer", max_request_size=8 * 1024 * 1024)
 
 

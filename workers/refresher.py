@@ -2,11 +2,24 @@
 
 It reads three topics in micro-batches (at most ``batch_max`` records, at most ``wait_ms`` of waiting):
 the catalogue (text to embed), item updates (an item's adjacency changed) and user updates (a user's history
-changed). It keeps a :class:`~models.embedding.LiveGraph` mirror of them, asks the :class:`VectorModel` for
-the vectors of what changed (items first, so users see their items' fresh vectors), and upserts them.
+changed). It keeps a :class:`~models.embedding.LiveGraph` mirror of them and every user's latest state, asks the
+:class:`VectorModel` for the vectors of what changed, and upserts them.
+
+**What a change refreshes.** A changed text or adjacency moves the vectors of the items that read it
+(:meth:`LiveGraph.affected`, by the model's number of hops), and a moved item vector moves the users whose recent
+history holds it. Direct changes (the items and users named by the batch's records) are refreshed in the same
+micro-batch, items first so that users see fresh item vectors. The indirect ones (the frontier: followers of a
+changed item, users of a moved item) wait in ordered pending sets and are drained at most
+``dependents_per_batch`` at a time, so that a hub's change (thousands of followers) never delays fresh events.
+Once the input is idle and the frontier empty, every stored vector is what the model computes from the final graph
+and states, whatever the batch boundaries were: a restarted refresher converges to the same vectors.
 
 On start it reads the three topics from the beginning: they are the mirror's changelog (compacted by key on a
 real Kafka), so a restarted refresher rebuilds the same state. Upserts are idempotent, so replaying is safe.
+
+**Faults.** A record that cannot be decoded goes to the dead-letter topic with its reason. A vector store
+error is retried with exponential backoff (the batch is kept, nothing is skipped) while :attr:`Refresher.degraded`
+says why, which ``/healthz`` reports.
 """
 
 from __future__ import annotations
@@ -14,8 +27,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,43 +40,65 @@ from models.text import TextEncoder, item_text
 from monitoring.lag import refresher_group
 from monitoring.metrics import RefresherMetrics
 from streams.errors import InvalidRecord
-from streams.records import CatalogItem, ItemUpdate, UserUpdate, decode_pack, validate_catalog_item
+from streams.records import (
+    CatalogItem,
+    DeadLetter,
+    ItemUpdate,
+    UserUpdate,
+    dead_letter,
+    decode_pack,
+    load_json,
+    validate_catalog_item,
+    validate_item_update,
+    validate_user_update,
+)
 from vectorstore.base import ItemPoint, UserPoint, VectorStore
 from workers.settings import KafkaSettings, RefresherSettings
 
 log = logging.getLogger(__name__)
+
+Record = tuple[str, bytes | None, int, int]
+"""One consumed record: ``(topic, value, partition, offset)``."""
 
 
 @dataclass
 class Changes:
     """What one micro-batch asks to refresh (later records of a key replace earlier ones)."""
 
-    catalog: dict[str, CatalogItem]
-    items: dict[str, ItemUpdate]
-    users: dict[str, UserUpdate]
-    invalid: int = 0
+    catalog: dict[str, CatalogItem] = field(default_factory=dict)
+    items: dict[str, ItemUpdate] = field(default_factory=dict)
+    users: dict[str, UserUpdate] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def invalid(self) -> int:
+        """How many records (or catalogue pack elements) were rejected."""
+        return len(self.dead)
 
 
-def collect(records: Iterable[tuple[str, bytes]], kafka: KafkaSettings) -> Changes:
-    """Sort raw ``(topic, value)`` records into a :class:`Changes`."""
-    changes = Changes({}, {}, {})
+def collect(records: Iterable[Record], kafka: KafkaSettings) -> Changes:
+    """Sort raw records into a :class:`Changes`; undecodable ones become dead letters (nothing else escapes)."""
+    changes = Changes()
     catalog, items, users = kafka.topic("catalog"), kafka.topic("item-updates"), kafka.topic("user-updates")
-    for topic, value in records:
+    for topic, value, partition, offset in records:
         try:
             if topic == catalog:
                 valid, rejected = decode_pack(value, validate_catalog_item)
-                changes.invalid += len(rejected)
+                for element, error in rejected:
+                    changes.dead.append(dead_letter(topic, repr(element).encode(), error, partition, offset))
                 for entry in valid:
                     changes.catalog[entry.item_id] = entry
             elif topic == items:
-                update = ItemUpdate.loads(value)
+                update = validate_item_update(load_json(value))
                 changes.items[update.item_id] = update
             elif topic == users:
-                user = UserUpdate.loads(value)
+                user = validate_user_update(load_json(value))
                 changes.users[user.user_id] = user
-        except (InvalidRecord, ValueError, TypeError, KeyError) as error:
-            changes.invalid += 1
-            log.warning("refresher skipped an unreadable %s record: %s", topic, error)
+        except InvalidRecord as error:
+            changes.dead.append(dead_letter(topic, value, error, partition, offset))
+    for letter in changes.dead:
+        log.warning("refresher rejected a %s record at %d@%d: %s", letter.topic, letter.partition, letter.offset,
+                    letter.reason)
     return changes
 
 
@@ -76,6 +111,7 @@ class Refresher:
         encoder: the text featuriser for catalogue items.
         metrics: refresher metrics.
         batch: micro-batch bounds.
+        stop: set to give up a store retry (shutdown).
     """
 
     def __init__(
@@ -85,38 +121,110 @@ class Refresher:
         encoder: TextEncoder,
         metrics: RefresherMetrics,
         batch: RefresherSettings,
+        stop: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.model = model
         self.encoder = encoder
         self.metrics = metrics
         self.batch = batch
+        self.stop = stop or threading.Event()
         self.graph = LiveGraph(text_dim=encoder.dim, vector_dim=model.dim)
-        self.store.ensure(model.dim)
+        self.users: dict[str, UserUpdate] = {}
+        self.item_users: dict[str, set[str]] = {}
+        """Per item, the users whose recent history (what their vector reads) holds it."""
+        self.pending_items: dict[str, None] = {}
+        self.pending_users: dict[str, None] = {}
+        self.degraded: str | None = None
+        """Why the last vector store call failed, while it is being retried; None when healthy."""
+        self._retry("ensure", lambda: self.store.ensure(model.dim))
         self.users_refreshed = 0
         self.items_refreshed = 0
 
+    @property
+    def idle(self) -> bool:
+        """No frontier left to drain."""
+        return not self.pending_items and not self.pending_users
+
     def apply(self, changes: Changes, now: float | None = None) -> None:
-        """Refresh and upsert everything ``changes`` touches."""
+        """Refresh and upsert everything ``changes`` touches, then drain part of the frontier."""
         started = time.perf_counter()
-        dirty: set[int] = set()
+        text_changed: set[str] = set()
         if changes.catalog:
             entries = list(changes.catalog.values())
             texts = [item_text(e.item_type, e.title, e.description) for e in entries]
             for entry, vector in zip(entries, self.encoder.encode(texts), strict=True):
                 self.graph.set_text(entry.item_id, entry.item_type, entry.title, vector)
-                dirty.add(self.graph.rows[entry.item_id])
+                text_changed.add(entry.item_id)
+        adjacency_changed: set[str] = set()
         for update in changes.items.values():
-            dirty.add(self.graph.set_adjacency(update.item_id, update.item_type, update.adjacency))
-        if dirty:
-            self._refresh_items(sorted(dirty))
-        if changes.users:
-            self._refresh_users(list(changes.users.values()), now)
+            self.graph.set_adjacency(update.item_id, update.item_type, update.adjacency)
+            adjacency_changed.add(update.item_id)
+        direct_items = text_changed | adjacency_changed
+        for item_id in self.graph.affected(adjacency_changed, text_changed, self.model.hops) - direct_items:
+            self.pending_items[item_id] = None
+        for update in changes.users.values():
+            self._remember(update)
+            self.pending_users.pop(update.user_id, None)
+
+        items = sorted(direct_items) + self._take(self.pending_items, self.batch.dependents_per_batch, direct_items)
+        if items:
+            self._refresh_items(items)
+        users = list(changes.users.values())
+        for user_id in self._take(self.pending_users, self.batch.dependents_per_batch, changes.users.keys()):
+            users.append(self.users[user_id])
+        if users:
+            self._refresh_users(users, direct=len(changes.users), now=now)
         self.metrics.batches.inc()
         self.metrics.catalog_items.set(len(self.graph))
+        self.metrics.pending.labels("item").set(len(self.pending_items))
+        self.metrics.pending.labels("user").set(len(self.pending_users))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _refresh_items(self, rows: list[int]) -> None:
+    @staticmethod
+    def _take(pending: dict[str, None], limit: int, skip: Iterable[str]) -> list[str]:
+        for key in skip:
+            pending.pop(key, None)
+        taken: list[str] = []
+        for key in pending:
+            if len(taken) >= limit:
+                break
+            taken.append(key)
+        for key in taken:
+            del pending[key]
+        return taken
+
+    def _remember(self, update: UserUpdate) -> None:
+        old = self.users.get(update.user_id)
+        if old is not None:
+            for item_id in _history(old.state):
+                self.item_users.get(item_id, set()).discard(update.user_id)
+        for item_id in _history(update.state):
+            self.item_users.setdefault(item_id, set()).add(update.user_id)
+        self.users[update.user_id] = update
+
+    def _retry(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run a vector store call, retrying with exponential backoff until it succeeds (or :attr:`stop`)."""
+        delay = self.batch.retry_initial_s
+        while True:
+            try:
+                result = call()
+            except Exception as error:
+                if self.stop.is_set():
+                    raise
+                self.degraded = f"vector store {what} failed: {error!r}"[:500]
+                self.metrics.store_errors.labels(what).inc()
+                log.warning("%s; retrying in %.1f s", self.degraded, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, self.batch.retry_max_s)
+                continue
+            if self.degraded is not None:
+                log.info("vector store %s succeeded again", what)
+                self.degraded = None
+            return result
+
+    def _refresh_items(self, item_ids: list[str]) -> None:
+        rows = [self.graph.rows[i] for i in item_ids]
         vectors = self.model.item_vectors(rows, self.graph)
         keep = np.linalg.norm(vectors, axis=1) > 0  # items with neither text nor known neighbours wait
         rows_kept = [r for r, k in zip(rows, keep, strict=True) if k]
@@ -127,11 +235,14 @@ class Refresher:
                       self.model.version, now)
             for r, v in zip(rows_kept, vectors[keep], strict=True)
         ]
-        self.store.upsert_items(points)
+        self._retry("upsert", lambda: self.store.upsert_items(points))
+        for point in points:  # their users read them: refresh those too (the frontier)
+            for user_id in self.item_users.get(point.item_id, ()):
+                self.pending_users[user_id] = None
         self.items_refreshed += len(points)
         self.metrics.upserts.labels("item").inc(len(points))
 
-    def _refresh_users(self, updates: list[UserUpdate], now: float | None) -> None:
+    def _refresh_users(self, updates: list[UserUpdate], direct: int, now: float | None) -> None:
         states: list[UserState] = [u.state for u in updates]
         vectors = self.model.user_vectors(states, self.graph)
         stamp = time.time()
@@ -141,22 +252,34 @@ class Refresher:
             for u, v in zip(updates, vectors, strict=True)
             if np.linalg.norm(v) > 0
         ]
-        self.store.upsert_users(points)
+        self._retry("upsert", lambda: self.store.upsert_users(points))
         done = time.time() if now is None else now
-        for point in points:
-            if point.event_ts > 0:
-                self.metrics.freshness_seconds.observe(max(0.0, done - point.event_ts))
+        for update in updates[:direct]:  # freshness is measured on the users whose events arrived
+            if update.event_ts > 0:
+                self.metrics.freshness_seconds.observe(max(0.0, done - update.event_ts))
         self.users_refreshed += len(points)
         self.metrics.upserts.labels("user").inc(len(points))
 
 
-class RefresherLoop:
-    """Feeds a :class:`Refresher` from Kafka until stopped; run it in a thread with :meth:`start`."""
+def _history(state: UserState) -> list[str]:
+    return [item_id for rows in state["recent"].values() for item_id, _ in rows]
 
-    def __init__(self, refresher: Refresher, kafka: KafkaSettings) -> None:
+
+class RefresherLoop:
+    """Feeds a :class:`Refresher` from Kafka until stopped; run it in a thread with :meth:`start`.
+
+    Args:
+        refresher: what applies the records.
+        kafka: topics and the broker.
+        dead_letters: where rejected records go (the dead-letter topic in production).
+    """
+
+    def __init__(self, refresher: Refresher, kafka: KafkaSettings,
+                 dead_letters: Callable[[list[DeadLetter]], None] | None = None) -> None:
         self.refresher = refresher
         self.kafka = kafka
-        self.stop_event = threading.Event()
+        self.dead_letters = dead_letters
+        self.stop_event = refresher.stop
         self.caught_up = threading.Event()
         """Set once the refresher has read everything that was in its topics when it started."""
         self.error: BaseException | None = None
@@ -164,7 +287,7 @@ class RefresherLoop:
 
     def _consumer(self) -> tuple[KafkaConsumer, dict[TopicPartition, int]]:
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, client_id="gfm-refresher",
-                                 fetch_max_bytes=64 * 1024 * 1024,
+                                 fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
                                  # commits only so that its lag can be read from Kafka (monitoring/lag.py)
                                  group_id=refresher_group(self.kafka.topic_prefix), enable_auto_commit=True,
                                  auto_commit_interval_ms=1000)
@@ -185,12 +308,16 @@ class RefresherLoop:
         settings = self.refresher.batch
         try:
             while not self.stop_event.is_set():
-                polled = consumer.poll(timeout_ms=settings.wait_ms, max_records=settings.batch_max)
-                records: list[tuple[str, Any]] = [
-                    (tp.topic, r.value) for tp, batch in polled.items() for r in batch
+                polled = consumer.poll(timeout_ms=0 if not self.refresher.idle else settings.wait_ms,
+                                       max_records=settings.batch_max)
+                records: list[Record] = [
+                    (tp.topic, r.value, tp.partition, r.offset) for tp, batch in polled.items() for r in batch
                 ]
-                if records:
-                    self.refresher.apply(collect(records, self.kafka))
+                if records or not self.refresher.idle:
+                    changes = collect(records, self.kafka)
+                    if changes.dead and self.dead_letters is not None:
+                        self.dead_letters(changes.dead)
+                    self.refresher.apply(changes)
                 self.refresher.metrics.observe_batch(self.refresher, polled)  # monitoring only
                 if not self.caught_up.is_set() and all(
                     consumer.position(tp) >= end for tp, end in targets.items()
@@ -223,3 +350,22 @@ class RefresherLoop:
     def alive(self) -> bool:
         """Whether the loop's thread runs."""
         return self._thread is not None and self._thread.is_alive()
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` says about the refresher: ``ok`` false when it stopped or the store is failing."""
+        refresher = self.refresher
+        status = "down" if not self.alive or self.error else ("degraded" if refresher.degraded else "ok")
+        return {
+            "ok": status == "ok",
+            "status": status,
+            "refresher": {
+                "alive": self.alive,
+                "caught_up": self.caught_up.is_set(),
+                "error": None if self.error is None else str(self.error),
+                "degraded": refresher.degraded,
+                "pending_items": len(refresher.pending_items),
+                "pending_users": len(refresher.pending_users),
+                "items_refreshed": refresher.items_refreshed,
+                "users_refreshed": refresher.users_refreshed,
+            },
+        }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -12,6 +12,7 @@ from models.text import TextEncoder, make_encoder
 from monitoring.lag import register_lag
 from monitoring.metrics import RefresherMetrics, StoreMetrics, StreamMetrics
 from streams.agents import StreamConfig, create_app
+from streams.records import DeadLetter
 from vectorstore.base import VectorStore
 from workers.kafka_io import EventSink, ensure_topics, make_producer
 from workers.refresher import Refresher, RefresherLoop
@@ -82,12 +83,20 @@ def run_streams(settings: Settings) -> None:
 
 
 def start_refresher(settings: Settings, store: VectorStore, registry: CollectorRegistry) -> RefresherLoop:
-    """Start the refresher loop in a thread of this process."""
+    """Start the refresher loop in a thread of this process; its rejected records go to the dead-letter topic."""
     ensure_topics(settings.kafka)
     encoder = build_encoder(settings)
     refresher = Refresher(store, build_model(settings, encoder), encoder, RefresherMetrics.create(registry),
                           settings.refresher)
-    return RefresherLoop(refresher, settings.kafka).start()
+    producer = make_producer(settings.kafka)
+    topic = settings.kafka.topic("dead-letter")
+
+    def dead_letters(letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            producer.send(topic, value=letter.dumps())
+        producer.flush()
+
+    return RefresherLoop(refresher, settings.kafka, dead_letters).start()
 
 
 def run_refresher(settings: Settings) -> None:
@@ -140,21 +149,7 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     producer = make_producer(settings.kafka)
     sink = EventSink(producer, settings.kafka)
 
-    def health() -> dict[str, Any]:
-        if loop is None:
-            return {}
-        return {
-            "ok": loop.alive and loop.error is None,
-            "refresher": {
-                "alive": loop.alive,
-                "caught_up": loop.caught_up.is_set(),
-                "error": None if loop.error is None else str(loop.error),
-                "items_refreshed": loop.refresher.items_refreshed,
-                "users_refreshed": loop.refresher.users_refreshed,
-            },
-        }
-
-    app = create_api(store, sink, registry, settings.api.max_k, health)
+    app = create_api(store, sink, registry, settings.api.max_k, loop.health if loop is not None else None)
     dashboard = attach_monitoring(app, settings, registry, store, separate_refresher=loop is None)
     try:
         uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning")

@@ -72,6 +72,11 @@ class RefresherSettings(BaseModel):
 
     batch_max: int = Field(5000, ge=1, description="refresh requests per micro-batch")
     wait_ms: int = Field(100, ge=1, description="longest wait for a micro-batch to fill")
+    dependents_per_batch: int = Field(
+        2000, ge=1, description="items and users of the frontier (indirectly changed) refreshed per micro-batch"
+    )
+    retry_initial_s: float = Field(0.2, gt=0, description="first wait before retrying a failed vector store call")
+    retry_max_s: float = Field(5.0, gt=0, description="longest wait between vector store retries")
     metrics_port: int = 9102
 
 

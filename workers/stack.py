@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,12 +84,34 @@ def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 
         return error.code, json.loads(error.read() or b"null")
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How ``gfm up`` supervises its children: a child that exits is restarted after ``backoff_s`` doubled for each
+    restart within ``window_s`` (at most ``max_backoff_s``); after ``max_restarts`` within ``window_s`` the
+    supervisor gives up and stops everything, loudly."""
+
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_restarts: int = 5
+    window_s: float = 300.0
+
+
+class GaveUp(RuntimeError):
+    """A child process kept failing (or the embedded broker, whose memory storage cannot be restarted, died)."""
+
+
 @dataclass
 class Stack:
-    """The child processes of ``gfm up``."""
+    """The child processes of ``gfm up``, supervised."""
 
     settings: Settings
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    services: tuple[str, ...] = ("streams", "api")
+    """Which ``gfm worker`` services to run (the API runs the refresher in embedded mode)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restarts: dict[str, list[float]] = field(default_factory=dict)
+    """Per child, when it was restarted (monotonic seconds)."""
+    _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -98,6 +121,7 @@ class Stack:
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log_path = self.settings.var_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._commands[name] = (args, env)
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", *args], env=env,
             stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
@@ -108,12 +132,17 @@ class Stack:
         the API answers."""
         settings = self.settings
         if settings.kafka.embedded_broker:
+            # the embedded broker keeps its topics in memory: a new one starts empty, so the stream worker's
+            # local table state (and the offsets recorded in it) belongs to a log that no longer exists
+            shutil.rmtree(settings.var_dir / "faust", ignore_errors=True)
             self.processes["broker"] = start_broker(settings.kafka.bootstrap, settings.var_dir / "logs/broker.log")
         ensure_topics(settings.kafka)
         env = dict(os.environ)
         env.update(settings_env(settings))
-        self._spawn("streams", ["worker", "streams"], env)
-        self._spawn("api", ["worker", "api"], env)
+        for service in self.services:
+            self._spawn(service, ["worker", service], env)
+        if "api" not in self.services:
+            return
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check()
@@ -125,11 +154,35 @@ class Stack:
         raise TimeoutError(f"the API did not answer at {self.api_url} within {timeout_s:.0f} s")
 
     def check(self) -> None:
-        """Raise if a child process has exited."""
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                logs = self.settings.var_dir / "logs" / f"{name}.log"
-                raise RuntimeError(f"{name} exited with code {process.returncode}; see {logs}")
+        """Restart every child that has exited, with backoff (see :class:`RestartPolicy`).
+
+        Raises:
+            GaveUp: when a child failed too often, or the embedded broker died.
+        """
+        for name, process in list(self.processes.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            logs = self.settings.var_dir / "logs" / f"{name}.log"
+            if name not in self._commands:
+                raise GaveUp(f"{name} exited with code {code} and cannot be restarted (its data lived in memory); "
+                             f"see {logs}")
+            now = time.monotonic()
+            recent = [t for t in self.restarts.get(name, []) if now - t < self.policy.window_s]
+            if len(recent) >= self.policy.max_restarts:
+                raise GaveUp(f"{name} exited with code {code} after {len(recent)} restarts within "
+                             f"{self.policy.window_s:.0f} s; giving up; see {logs}")
+            delay = min(self.policy.backoff_s * 2 ** len(recent), self.policy.max_backoff_s)
+            log.warning("%s exited with code %s; restarting it in %.1f s (restart %d); see %s", name, code, delay,
+                        len(recent) + 1, logs)
+            time.sleep(delay)
+            self.restarts[name] = [*recent, time.monotonic()]
+            self._spawn(name, *self._commands[name])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to a child (fault tests); :meth:`check` restarts it."""
+        self.processes[name].send_signal(sig)
+        self.processes[name].wait(30)
 
     def stop(self) -> None:
         """Stop the children, newest first."""
@@ -228,6 +281,9 @@ def up(settings: Settings, demo: bool = True, exit_after_demo: bool = False) -> 
             time.sleep(1.0)
     except KeyboardInterrupt:
         return 0
+    except GaveUp as error:
+        print(f"gfm up: {error}", file=sys.stderr, flush=True)
+        return 1
     finally:
         stack.stop()
 

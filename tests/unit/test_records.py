@@ -61,21 +61,24 @@ def test_short_streams_and_previews_are_not_consumptions():
 
 
 def test_fold_events_sorts_outcomes_and_dead_letters():
+    home = partition_for("u1", 2)
     messages = [
-        (b"garbage", 1.0),
-        (json.dumps([GOOD, {**GOOD, "event_id": "e2", "item_id": "i2"}, {"user_id": "u"}]).encode(), 2.0),
-        (json.dumps({**GOOD, "event_id": "e3", "kind": "preview"}).encode(), 3.0),
-        (json.dumps(GOOD).encode(), 4.0),
+        (b"garbage", 1.0, home, 0),
+        (json.dumps([GOOD, {**GOOD, "event_id": "e2", "item_id": "i2"}, {"user_id": "u"}]).encode(), 2.0, home, 1),
+        (json.dumps({**GOOD, "event_id": "e3", "kind": "preview"}).encode(), 3.0, home, 2),
+        (json.dumps(GOOD).encode(), 4.0, home, 3),
     ]
     batch = fold_events(messages, lambda _: None, StreamConfig(partitions=2))
     assert dict(batch.outcomes) == {"invalid": 2, "consumed": 2, "not_consumption": 1, "duplicate": 1}
-    assert [error.field for _, error in batch.dead] == ["<message>", "ts"]
+    assert [error.field for _, error, _, _ in batch.dead] == ["<message>", "ts"]
+    assert [offset for _, _, _, offset in batch.dead] == [0, 1]
+    assert batch.users["u1"].offsets == {str(home): 1}
     assert batch.sent_at == {"u1": 2.0}
-    groups = {src: group for part in batch.pairs.values() for src, group in part.items()}
-    assert {src: group[2] for src, group in groups.items()} == {"i1": "i2", "i2": "i1"}
+    groups = {key: group for part in batch.pairs.values() for key, group in part.items()}
+    assert {key: group[4] for key, group in groups.items()} == {("i1", home, 1): "i2", ("i2", home, 1): "i1"}
     assert batch.pair_count == 2
     for partition, part in batch.pairs.items():
-        assert all(partition_for(src, 2) == partition for src in part)
+        assert all(partition_for(src, 2) == partition for src, _, _ in part)
 
 
 def test_partition_matches_kafka_default_partitioner():

@@ -1,0 +1,187 @@
+"""A list-backed harness for the stream's two agents, with crashes you can place.
+
+:class:`LogHarness` runs :func:`~streams.agents.fold_events` and :func:`~streams.agents.fold_pairs` over in-memory
+partitioned logs exactly as the Faust agents do (outputs appended before state is written, offsets committed
+last), and lets a test crash a micro-batch at either point:
+
+* ``crash="before_state"``: the batch's outputs reach their logs, its table writes and its commit do not;
+* ``crash="before_commit"``: outputs and table writes happen, the input offsets are not committed.
+
+After either, the next batch re-reads from the committed offset, as a restarted worker does. So a test reads as
+``harness.produce(rows); harness.run(schedule); assert harness.users() == build_graph(rows).users``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from models.graph import Adjacency, UserState
+from streams.agents import (
+    ItemEntry,
+    StreamConfig,
+    UserEntry,
+    decode_item,
+    decode_user,
+    encode_item,
+    encode_user,
+    fold_events,
+    fold_pairs,
+    pack_pairs,
+    partition_for,
+)
+
+Crash = Literal["before_state", "before_commit"] | None
+
+
+@dataclass
+class LogHarness:
+    """The events and pairs topics as lists per partition, the two tables as dicts of encoded values."""
+
+    config: StreamConfig
+    per_message: int = 50
+    events: dict[int, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    pairs: dict[int, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    user_table: dict[str, bytes] = field(default_factory=dict)
+    item_table: dict[str, bytes] = field(default_factory=dict)
+    committed: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+    user_updates: list[bytes] = field(default_factory=list)
+    item_updates: list[bytes] = field(default_factory=list)
+
+    def produce(self, rows: Iterable[tuple[str, str, str, str, float]], pack: int = 7, partition: int | None = None
+                ) -> None:
+        """Append ``(event_id, user_id, item_id, item_type, ts)`` rows as packs of ``pack`` events, each on its
+        user's partition (or all on ``partition``, to test misrouting)."""
+        by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for event_id, user_id, item_id, item_type, ts in rows:
+            home = partition_for(user_id, self.config.partitions) if partition is None else partition
+            by_partition[home].append({"event_id": event_id, "user_id": user_id, "item_id": item_id,
+                                       "item_type": item_type, "ts": ts})
+        for home, events in by_partition.items():
+            for start in range(0, len(events), pack):
+                self.events[home].append(json.dumps(events[start : start + pack]).encode())
+
+    def events_batch(self, partition: int, max_messages: int, crash: Crash = None) -> int:
+        """One events micro-batch from ``partition``; returns how many messages it read."""
+        start = self.committed[("events", partition)]
+        log = self.events[partition]
+        messages = [(log[o], 0.0, partition, o) for o in range(start, min(len(log), start + max_messages))]
+        if not messages:
+            return 0
+        batch = fold_events(messages, self._user, self.config)
+        for home, rows in batch.rerouted.items():
+            self.events[home].append(json.dumps(rows).encode())
+        for target, groups in batch.pairs.items():
+            self.pairs[target].extend(pack_pairs(groups, self.per_message))
+        values = {}
+        for user_id, entry in batch.users.items():
+            values[user_id], update = encode_user(user_id, entry, batch.sent_at[user_id])
+            self.user_updates.append(update)
+        if crash == "before_state":
+            return len(messages)
+        self.user_table.update(values)
+        if crash != "before_commit":
+            self.committed[("events", partition)] = messages[-1][3] + 1
+        return len(messages)
+
+    def pairs_batch(self, partition: int, max_messages: int, crash: Crash = None) -> int:
+        """One pairs micro-batch from ``partition``; returns how many messages it read."""
+        start = self.committed[("pairs", partition)]
+        log = self.pairs[partition]
+        messages = [(log[o], partition, o) for o in range(start, min(len(log), start + max_messages))]
+        if not messages:
+            return 0
+        batch = fold_pairs(messages, self._item, self.config.graph.max_degree)
+        values = {}
+        for item_id, entry in batch.items.items():
+            values[item_id], update = encode_item(item_id, entry)
+            self.item_updates.append(update)
+        if crash == "before_state":
+            return len(messages)
+        self.item_table.update(values)
+        if crash != "before_commit":
+            self.committed[("pairs", partition)] = messages[-1][2] + 1
+        return len(messages)
+
+    def drain(self, max_messages: int = 3) -> None:
+        """Run fault-free batches until every log is consumed."""
+        while True:
+            moved = sum(self.events_batch(p, max_messages) for p in range(self.config.partitions))
+            moved += sum(self.pairs_batch(p, max_messages) for p in range(self.config.partitions))
+            if not moved:
+                return
+
+    def _user(self, user_id: str) -> UserEntry | None:
+        raw = self.user_table.get(user_id)
+        return None if raw is None else decode_user(raw)
+
+    def _item(self, item_id: str) -> ItemEntry | None:
+        raw = self.item_table.get(item_id)
+        return None if raw is None else decode_item(raw)
+
+    def users(self) -> dict[str, UserState]:
+        """Every user's state (without the stream's offsets)."""
+        return {user_id: decode_user(raw).state for user_id, raw in self.user_table.items()}
+
+    def adjacency(self) -> dict[str, Adjacency]:
+        """Every item's adjacency."""
+        return {item_id: decode_item(raw).adjacency for item_id, raw in self.item_table.items()}
+
+    def fold_pairs_log(self) -> dict[str, Adjacency]:
+        """The adjacency that folding each pairs partition once, in its order, gives (the reference where the
+        degree cap makes cross-partition arrival order matter)."""
+        table: dict[str, ItemEntry] = {}
+        for partition, log in self.pairs.items():
+            batch = fold_pairs(((raw, partition, o) for o, raw in enumerate(log)), table.get,
+                               self.config.graph.max_degree)
+            table.update(batch.items)
+        return {item_id: entry.adjacency for item_id, entry in table.items()}
+
+
+def hostile_messages(n: int, seed: int = 0, huge: int = 4) -> list[tuple[str, bytes | None]]:
+    """``n`` poison messages for the stream's topics, as ``(topic name without prefix, value)``, each of which
+    must end as exactly one dead letter: wrong types, huge numbers, NaN and infinities, deep nesting, ``huge``
+    values of 1 MB, invalid UTF-8 and lone surrogates, nulls (tombstones), truncated JSON, bad pair groups and
+    refresh requests of the wrong shape."""
+    import random
+
+    rng = random.Random(seed)
+    good = {"event_id": "h", "user_id": "hostile", "item_id": "i", "item_type": "podcast", "ts": 1.7e9}
+
+    def event(**change: Any) -> bytes:
+        return json.dumps({**good, "event_id": f"h{rng.random()}", **change}).encode()
+
+    events: list[Any] = [
+        lambda: event(kind=[]), lambda: event(ts="yesterday"), lambda: event(ts=-1.0),
+        lambda: json.dumps({**good, "ts": 10**400}, allow_nan=True).encode(),
+        lambda: b'{"event_id": "x", "user_id": "u", "item_id": "i", "item_type": "podcast", "ts": NaN}',
+        lambda: b'[{"event_id": "x", "user_id": "u", "item_id": "i", "item_type": "podcast", "ts": Infinity}]',
+        lambda: b"[" * rng.randint(2000, 200_000), lambda: b'{"a":' * 5000,
+        lambda: bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))) + b"\xff",
+        lambda: b'{"event_id": "\\ud800", "user_id": "u", "item_id": "i", "item_type": "podcast", "ts": 1}',
+        lambda: None, lambda: b"", lambda: b"null", lambda: b'"just a string"', lambda: b"[1]",
+        lambda: event(user_id={"nested": [1, 2]}), lambda: event(item_type="Not A Type"),
+        lambda: event(ms_played=2**80), lambda: event(event_id=True), lambda: event(user_id=""),
+        lambda: json.dumps(good)[:-3].encode(),
+    ]
+    others: list[tuple[str, Any]] = [
+        ("catalog", lambda: b'{"item_id": "c", "item_type": "podcast", "title": 7}'),
+        ("catalog", lambda: None),
+        ("catalog", lambda: json.dumps({"item_id": "c", "item_type": "podcast", "title": "t" * 5000}).encode()),
+        ("pairs", lambda: b'[["a", "podcast", 0]]'),
+        ("pairs", lambda: b'[["a", "podcast", 0, -5, "b", "podcast", 1.0]]'),
+        ("pairs", lambda: b"{}"),
+        ("item-updates", lambda: b'{"item_id": "x", "item_type": "podcast", "adjacency": {"y": ["podcast", 0, 1]}}'),
+        ("user-updates", lambda: b'{"user_id": "u", "event_ts": 1.0, "state": []}'),
+    ]
+    out: list[tuple[str, bytes | None]] = [("events", b'"' + b"x" * (1 << 20) + b'"') for _ in range(huge)]
+    while len(out) < n:
+        if rng.random() < 0.8:
+            out.append(("events", rng.choice(events)()))
+        else:
+            topic, make = rng.choice(others)
+            out.append((topic, make()))
+    return out

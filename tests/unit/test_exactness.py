@@ -1,0 +1,165 @@
+"""The stream's state is exactly the fold of the log: crashes at any point, redelivered messages, duplicated events
+and misrouted events change nothing (the pure agents, run by the list-backed harness)."""
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.graph import GraphConfig, build_graph
+from models.synthetic import generate
+from streams.agents import StreamConfig, decode_pairs, partition_for
+from streams.errors import InvalidRecord
+from streams.records import (
+    decode_pack,
+    load_json,
+    validate_catalog_item,
+    validate_event,
+    validate_item_update,
+    validate_user_update,
+)
+from streams.testing import LogHarness
+
+PARTITIONS = 3
+
+
+def _rows(seed: int = 11, users: int = 25):
+    data = generate(users=users, items_per_type=12, events_per_user=10, seed=seed)
+    types = {i.item_id: i.item_type for i in data.items}
+    return [(f"e{n}", e.user_id, e.item_id, types[e.item_id], e.ts) for n, e in enumerate(data.events)]
+
+
+ROWS = _rows()
+
+step = st.tuples(st.sampled_from(["events", "pairs"]), st.integers(0, PARTITIONS - 1), st.integers(1, 4),
+                 st.sampled_from([None, None, "before_state", "before_commit"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schedule=st.lists(step, max_size=80), max_degree=st.sampled_from([3, 1000]))
+def test_crashes_anywhere_leave_exactly_the_fold_of_the_log(schedule, max_degree):
+    """Any interleaving of batches, each possibly crashing before its state or before its commit, then a clean
+    drain: user states equal the batch build, and adjacencies equal the fold of the pairs log (and the batch
+    build where the degree cap never pruned). Users remember only 3 event ids here, so replays are recognised
+    by their offsets, not by event ids."""
+    graph = GraphConfig(max_degree=max_degree, max_event_ids=3)
+    harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=graph), per_message=4)
+    harness.produce(ROWS)
+    for topic, partition, size, crash in schedule:
+        run = harness.events_batch if topic == "events" else harness.pairs_batch
+        run(partition, size, crash)
+    harness.drain()
+    expected = build_graph(ROWS, graph)
+    assert harness.users() == expected.users
+    assert harness.adjacency() == harness.fold_pairs_log()
+    if max_degree == 1000:
+        assert harness.adjacency() == expected.adjacency
+
+
+def test_a_crash_between_outputs_and_state_loses_no_pairs_and_counts_none_twice():
+    """The gap of the old design: state written, pairs not sent (now impossible: outputs go first), and pairs
+    sent twice after a crash before the state (now recognised by their origin)."""
+    harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=GraphConfig(max_degree=1000)))
+    harness.produce(ROWS)
+    for partition in range(PARTITIONS):
+        harness.events_batch(partition, 5, crash="before_state")  # pairs out, state lost: replayed below
+        harness.events_batch(partition, 5, crash="before_commit")  # state written, offsets not committed
+    for partition in range(PARTITIONS):
+        harness.pairs_batch(partition, 100, crash="before_commit")  # merged, then merged again after "restart"
+    harness.drain()
+    expected = build_graph(ROWS, GraphConfig(max_degree=1000))
+    assert harness.users() == expected.users
+    assert harness.adjacency() == expected.adjacency
+
+
+def test_replayed_messages_are_recognised_by_offset_beyond_the_event_id_window():
+    graph = GraphConfig(max_degree=1000, max_event_ids=1)  # event ids alone cannot catch these replays
+    harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=graph))
+    harness.produce(ROWS)
+    for partition in range(PARTITIONS):
+        harness.events_batch(partition, 1000, crash="before_commit")
+    harness.drain()
+    assert harness.users() == build_graph(ROWS, graph).users
+
+
+def test_duplicated_events_and_redelivered_pair_messages_change_nothing():
+    clean = LogHarness(StreamConfig(partitions=PARTITIONS))
+    clean.produce(ROWS)
+    clean.drain()
+
+    noisy = LogHarness(StreamConfig(partitions=PARTITIONS))
+    duplicated = [row for n, row in enumerate(ROWS) for _ in range(2 if n % 10 == 0 else 1)]  # 10% twice
+    noisy.produce(duplicated)
+    noisy.drain()
+    for log in list(noisy.pairs.values()):  # every pair message delivered a second time
+        log.extend(list(log))
+    noisy.drain()
+    assert noisy.users() == clean.users()
+    assert noisy.adjacency() == clean.adjacency()
+
+
+def test_misrouted_events_are_forwarded_to_their_users_partition():
+    harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=GraphConfig(max_degree=1000)))
+    harness.produce(ROWS, partition=0)  # a foreign producer that ignores the partitioner
+    harness.drain()
+    expected = build_graph(ROWS, GraphConfig(max_degree=1000))
+    assert harness.users() == expected.users
+    assert harness.adjacency() == expected.adjacency
+    assert any(partition_for(u, PARTITIONS) != 0 for u in expected.users)
+
+
+# --- every decoder: any input is a record or an InvalidRecord, never another exception ---------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+event_like = st.fixed_dictionaries(
+    {},
+    optional={"event_id": json_values | st.text(), "user_id": json_values | st.text(), "item_id": json_values,
+              "item_type": json_values | st.sampled_from(["podcast", "Bad Type", ""]), "ts": json_values,
+              "kind": json_values | st.sampled_from(["stream", "follow"]), "ms_played": json_values},
+)
+
+
+def _decoders():
+    return [
+        lambda raw: decode_pack(raw, validate_event),
+        lambda raw: decode_pack(raw, validate_catalog_item),
+        decode_pairs,
+        lambda raw: validate_user_update(load_json(raw)),
+        lambda raw: validate_item_update(load_json(raw)),
+    ]
+
+
+def _only_invalid_record(raw):
+    for decode in _decoders():
+        with contextlib.suppress(InvalidRecord):
+            decode(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.none())
+def test_any_bytes_decode_to_a_record_or_invalid_record(raw):
+    _only_invalid_record(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values | event_like | st.lists(event_like, max_size=3))
+def test_any_json_decodes_to_a_record_or_invalid_record(value):
+    _only_invalid_record(json.dumps(value).encode())
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"kind": []}', b'{"ts": 1' + b"0" * 400 + b"}", b'{"ts": 1' + b"0" * 5000 + b"}", b"[" * 100_000, None,
+    b"x" * 1_000_000, b'"\\ud800"', b'{"user_id": "\\udfff", "item_id": "i", "item_type": "t", "ts": 1, '
+    b'"event_id": "e"}', b'[{"ts": NaN}]', b'{"ts": Infinity}', b"\xff\xfe",
+])
+def test_known_poison_pills_are_invalid_records(raw):
+    with pytest.raises(InvalidRecord):
+        valid, rejected = decode_pack(raw, validate_event)
+        if rejected:
+            raise rejected[0][1]
