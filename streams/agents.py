@@ -200,7 +200,11 @@ def fold_events(
                 continue
             entry = entry_of(event.user_id)
             if entry is not None and entry.offsets.get(source, -1) >= offset:
+                # A replay after a crash. The local store may hold this state while the changelog lost it (the
+                # write was not flushed when the worker died): write it again, so the changelog catches up.
                 batch.outcomes["redelivered"] += 1
+                batch.users[event.user_id] = entry
+                batch.sent_at.setdefault(event.user_id, sent_at)
                 continue
             if entry is None:
                 entry = UserEntry(new_user_state())
@@ -303,6 +307,7 @@ def fold_pairs(
             n = (len(group) - 4) // 3
             if entry is not None and entry.offsets.get(source, -1) >= origin:
                 batch.redelivered += n
+                batch.items[src] = entry  # written again: the changelog may have lost it (see fold_events)
                 continue
             if entry is None:
                 entry = ItemEntry(group[1])
@@ -444,14 +449,20 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         metrics.item_updates.inc(len(batch.items))
         metrics.batch_seconds.labels("edges").observe(time.perf_counter() - started)
 
-    async def guarded(handler: Callable[[Any], Awaitable[None]], batch: Any) -> None:
+    async def guarded(handler: Callable[[Any], Awaitable[None]], batch: list[Any]) -> None:
         try:
             await handler(batch)
-        except Exception as error:
-            # Input never raises here (it is dead-lettered); this is the broker or a bug. Stop the worker so that
-            # its supervisor restarts it and the unapplied messages are delivered again (nothing was acked).
-            log.critical("stream agent crashed: %r; stopping the worker", error)
-            await app.crash(error)
+        except BaseException as error:
+            # Leave the batch unacknowledged: `take_events` acks its events when the agent moves on, even after an
+            # error or a cancellation (SIGTERM), and Faust commits acked offsets as it stops. Marking the messages
+            # acked here makes that a no-op, so a half-applied batch is delivered again after the restart.
+            for event in batch:
+                event.message.acked = True
+            if isinstance(error, Exception):
+                # Input never raises here (it is dead-lettered); this is the broker or a bug. Stop the worker so
+                # that its supervisor restarts it.
+                log.critical("stream agent crashed: %r; stopping the worker", error)
+                await app.crash(error)
             raise
 
     # take_events (not in faust's type stubs) keeps each message's partition, offset and timestamp

@@ -5,9 +5,13 @@ partitioned logs exactly as the Faust agents do (outputs appended before state i
 last), and lets a test crash a micro-batch at either point:
 
 * ``crash="before_state"``: the batch's outputs reach their logs, its table writes and its commit do not;
-* ``crash="before_commit"``: outputs and table writes happen, the input offsets are not committed.
+* ``crash="before_changelog"``: outputs and the local (RocksDB) table writes happen, their changelog records and
+  the commit do not (the worker died with its producer buffer unflushed);
+* ``crash="before_commit"``: outputs, table writes and changelog happen, the input offsets are not committed.
 
-After either, the next batch re-reads from the committed offset, as a restarted worker does. So a test reads as
+After any of them, the next batch re-reads from the committed offset, as a restarted worker does. The local
+tables survive (the same machine); :meth:`LogHarness.move` replaces them with what their changelogs hold, as a
+worker that takes the partitions over elsewhere restores them. So a test reads as
 ``harness.produce(rows); harness.run(schedule); assert harness.users() == build_graph(rows).users``.
 """
 
@@ -34,7 +38,7 @@ from streams.agents import (
     partition_for,
 )
 
-Crash = Literal["before_state", "before_commit"] | None
+Crash = Literal["before_state", "before_changelog", "before_commit"] | None
 
 
 @dataclass
@@ -47,6 +51,8 @@ class LogHarness:
     pairs: dict[int, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     user_table: dict[str, bytes] = field(default_factory=dict)
     item_table: dict[str, bytes] = field(default_factory=dict)
+    user_changelog: dict[str, bytes] = field(default_factory=dict)
+    item_changelog: dict[str, bytes] = field(default_factory=dict)
     committed: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
     user_updates: list[bytes] = field(default_factory=list)
     item_updates: list[bytes] = field(default_factory=list)
@@ -80,12 +86,23 @@ class LogHarness:
         for user_id, entry in batch.users.items():
             values[user_id], update = encode_user(user_id, entry, batch.sent_at[user_id])
             self.user_updates.append(update)
-        if crash == "before_state":
-            return len(messages)
-        self.user_table.update(values)
-        if crash != "before_commit":
+        self._write(self.user_table, self.user_changelog, values, crash)
+        if crash is None:
             self.committed[("events", partition)] = messages[-1][3] + 1
         return len(messages)
+
+    @staticmethod
+    def _write(table: dict[str, bytes], changelog: dict[str, bytes], values: dict[str, bytes], crash: Crash) -> None:
+        if crash == "before_state":
+            return
+        table.update(values)
+        if crash != "before_changelog":
+            changelog.update(values)
+
+    def move(self) -> None:
+        """The partitions move to another worker: it restores the tables from their changelogs."""
+        self.user_table = dict(self.user_changelog)
+        self.item_table = dict(self.item_changelog)
 
     def pairs_batch(self, partition: int, max_messages: int, crash: Crash = None) -> int:
         """One pairs micro-batch from ``partition``; returns how many messages it read."""
@@ -99,10 +116,8 @@ class LogHarness:
         for item_id, entry in batch.items.items():
             values[item_id], update = encode_item(item_id, entry)
             self.item_updates.append(update)
-        if crash == "before_state":
-            return len(messages)
-        self.item_table.update(values)
-        if crash != "before_commit":
+        self._write(self.item_table, self.item_changelog, values, crash)
+        if crash is None:
             self.committed[("pairs", partition)] = messages[-1][2] + 1
         return len(messages)
 
@@ -122,13 +137,15 @@ class LogHarness:
         raw = self.item_table.get(item_id)
         return None if raw is None else decode_item(raw)
 
-    def users(self) -> dict[str, UserState]:
-        """Every user's state (without the stream's offsets)."""
-        return {user_id: decode_user(raw).state for user_id, raw in self.user_table.items()}
+    def users(self, changelog: bool = False) -> dict[str, UserState]:
+        """Every user's state (without the stream's offsets), in the local table or its changelog."""
+        table = self.user_changelog if changelog else self.user_table
+        return {user_id: decode_user(raw).state for user_id, raw in table.items()}
 
-    def adjacency(self) -> dict[str, Adjacency]:
-        """Every item's adjacency."""
-        return {item_id: decode_item(raw).adjacency for item_id, raw in self.item_table.items()}
+    def adjacency(self, changelog: bool = False) -> dict[str, Adjacency]:
+        """Every item's adjacency, in the local table or its changelog."""
+        table = self.item_changelog if changelog else self.item_table
+        return {item_id: decode_item(raw).adjacency for item_id, raw in table.items()}
 
     def fold_pairs_log(self) -> dict[str, Adjacency]:
         """The adjacency that folding each pairs partition once, in its order, gives (the reference where the

@@ -26,7 +26,7 @@ from streams.agents import ItemEntry, decode_item, decode_user, fold_pairs
 class TopicMirror:
     """The records of some topics, read from the beginning and kept up to date on :meth:`refresh`."""
 
-    def __init__(self, bootstrap: str, topics: Iterable[str]) -> None:
+    def __init__(self, bootstrap: str, topics: Iterable[str], keep_log: Iterable[str] = ()) -> None:
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                       fetch_max_bytes=64 * 1024 * 1024, client_id="gfm-statecheck")
         partitions = []
@@ -37,8 +37,8 @@ class TopicMirror:
         self.consumer.seek_to_beginning(*partitions)
         self.latest: dict[str, dict[bytes, bytes]] = {t.topic: {} for t in partitions}
         """Per topic, the latest value per key."""
-        self.log: dict[TopicPartition, list[bytes]] = {tp: [] for tp in partitions}
-        """Every value in order, per partition."""
+        self.log: dict[TopicPartition, list[bytes]] = {tp: [] for tp in partitions if tp.topic in set(keep_log)}
+        """Every value in order, per partition of the ``keep_log`` topics."""
 
     def refresh(self, idle_s: float = 1.0, limit_s: float = 120.0) -> int:
         """Read until nothing new arrives for ``idle_s`` (tansu's end offsets cannot be trusted to say when the
@@ -49,8 +49,10 @@ class TopicMirror:
         while time.monotonic() < deadline and time.monotonic() - quiet_since < idle_s:
             polled = self.consumer.poll(timeout_ms=200, max_records=50_000)
             for tp, records in polled.items():
+                log = self.log.get(tp)
                 for record in records:
-                    self.log[tp].append(record.value)
+                    if log is not None:
+                        log.append(record.value)
                     if record.key is not None:
                         self.latest[tp.topic][record.key] = record.value
                 read += len(records)
@@ -162,8 +164,9 @@ class Fault:
     signal: int
 
 
-def stream_events_seen(metrics_port: int) -> float:
-    """Events the stream worker has read since it started (0 when its metrics do not answer yet)."""
+def stream_metric(metrics_port: int, name: str) -> float:
+    """A counter of the stream worker since it started, summed over its labels (0 when its metrics do not
+    answer yet)."""
     import urllib.request
 
     try:
@@ -171,7 +174,12 @@ def stream_events_seen(metrics_port: int) -> float:
     except OSError:
         return 0.0
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("gfm_stream_events_total{"))
+               if line.startswith((f"{name}{{", f"{name} ")))
+
+
+def stream_events_seen(metrics_port: int) -> float:
+    """Events the stream worker has read since it started."""
+    return stream_metric(metrics_port, "gfm_stream_events_total")
 
 
 def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate: float,
@@ -186,10 +194,10 @@ def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate:
     """
     import signal as signals
 
-    from models.graph import build_graph
     from workers.kafka_io import EventSink, make_producer
 
     settings = stack.settings
+    expected = reference(events, settings.streams.graph_config())
     producer = make_producer(settings.kafka)
     sink = EventSink(producer, settings.kafka)
     pending = sorted(faults, key=lambda f: f.at)
@@ -218,26 +226,7 @@ def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate:
     producer.flush()
     producer.close()
     replayed_s = time.monotonic() - started
-
-    rows = [(e.event_id, e.user_id, e.item_id, e.item_type, e.ts) for e in events]
-    config = settings.streams.graph_config()
-    expected = build_graph(rows, config)
-    uncapped = build_graph(rows, uncapped_config(config))
-    users_topic, adjacency_topic = changelog_topics(settings.streams.app_id)
-    pairs_topic = settings.kafka.topic("pairs")
-    mirror = TopicMirror(settings.kafka.bootstrap, [users_topic, adjacency_topic, pairs_topic])
-    try:
-        while True:
-            stack.check()
-            mirror.refresh(idle_s=1.5)
-            users, adjacency = stream_state(mirror, settings.streams.app_id)
-            result = compare(users, adjacency, expected, uncapped,
-                             fold_pairs_topic(mirror, pairs_topic, config.max_degree))
-            caught_up_s = time.monotonic() - started - replayed_s
-            if result.exact or caught_up_s > catch_up_limit_s:
-                break
-    finally:
-        mirror.close()
+    result, caught_up_s = wait_for_the_fold(stack, expected, catch_up_limit_s)
     return {
         "events": len(events),
         "rate": rate,
@@ -247,3 +236,52 @@ def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate:
         "caught_up_after_replay_s": round(caught_up_s, 2),
         "comparison": result.as_dict(),
     }
+
+
+def reference(events: list[Any], config: GraphConfig) -> tuple[CoGraph, CoGraph]:
+    """``build_graph`` on ``events`` (:class:`~streams.records.ListenEvent`), with and without the degree cap."""
+    from models.graph import build_graph
+
+    rows = [(e.event_id, e.user_id, e.item_id, e.item_type, e.ts) for e in events]
+    return build_graph(rows, config), build_graph(rows, uncapped_config(config))
+
+
+def wait_for_the_fold(stack: Any, expected: tuple[CoGraph, CoGraph], limit_s: float) -> tuple[Comparison, float]:
+    """Wait until the stack's changelogs equal ``expected`` (:func:`reference`), or ``limit_s``; returns the
+    last comparison and the seconds waited."""
+    settings = stack.settings
+    config = settings.streams.graph_config()
+    started = time.monotonic()
+    settled_at = wait_until_idle(stack, started + limit_s)
+    users_topic, adjacency_topic = changelog_topics(settings.streams.app_id)
+    pairs_topic = settings.kafka.topic("pairs")
+    mirror = TopicMirror(settings.kafka.bootstrap, [users_topic, adjacency_topic, pairs_topic], keep_log=[pairs_topic])
+    try:
+        while True:
+            stack.check()
+            mirror.refresh(idle_s=1.5)
+            users, adjacency = stream_state(mirror, settings.streams.app_id)
+            result = compare(users, adjacency, *expected, fold_pairs_topic(mirror, pairs_topic, config.max_degree))
+            if result.exact or time.monotonic() - started > limit_s:
+                break
+            settled_at = wait_until_idle(stack, started + limit_s)
+    finally:
+        mirror.close()
+    return result, settled_at - started
+
+
+def wait_until_idle(stack: Any, deadline: float, quiet_s: float = 2.0) -> float:
+    """Wait until the stream worker's counters stop moving for ``quiet_s`` (cheap, unlike reading the state
+    back); returns when they last moved (monotonic seconds)."""
+    port = stack.settings.streams.metrics_port
+    names = ("gfm_stream_events_total", "gfm_graph_pairs_total", "gfm_graph_pairs_redelivered_total")
+    last, moved = None, time.monotonic()
+    while time.monotonic() < deadline:
+        stack.check()
+        now = tuple(stream_metric(port, name) for name in names)
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved >= (quiet_s if sum(now) > 0 else 10 * quiet_s):
+            break
+        time.sleep(0.2)
+    return moved

@@ -2,6 +2,7 @@
 state stays exactly the fold of the log."""
 
 import signal
+import time
 
 import pytest
 
@@ -9,7 +10,7 @@ from models.synthetic import generate
 from streams.records import ListenEvent
 from tests.conftest import make_settings
 from workers.stack import RestartPolicy, Stack
-from workers.statecheck import Fault, run_fault_scenario
+from workers.statecheck import Fault, reference, run_fault_scenario, stream_metric, wait_for_the_fold
 
 pytestmark = pytest.mark.integration
 
@@ -40,3 +41,55 @@ def test_worker_killed_twice_mid_replay_ends_exactly_at_the_fold_of_the_log(stre
     comparison = result["comparison"]
     assert comparison["items_capped"] > 0
     assert comparison["exact"], comparison
+
+
+def test_supervisor_restarts_a_failing_child_with_backoff_then_gives_up_loudly(tmp_path, caplog):
+    from workers.stack import GaveUp
+
+    stack = Stack(make_settings(tmp_path), services=("no-such-service",),
+                  policy=RestartPolicy(backoff_s=0.1, max_restarts=3))
+    stack.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(GaveUp, match="no-such-service exited with code 2 after 3 restarts"):
+            while time.monotonic() - started < 30:
+                stack.check()
+                time.sleep(0.05)
+        assert len(stack.restarts["no-such-service"]) == 3
+        delays = [r.getMessage().split("restarting it in ")[1].split(" s")[0] for r in caplog.records
+                  if "restarting it in" in r.getMessage()]
+        assert delays == ["0.1", "0.2", "0.4"]  # backoff doubles
+    finally:
+        stack.stop()
+
+
+def test_duplicated_events_and_redelivered_pair_messages_change_nothing(streams_only):
+    """10% of events delivered twice (same event_id), then every pair message produced a second time: the
+    state stays the fold of the log without them."""
+    from kafka import TopicPartition
+
+    from workers.kafka_io import make_producer
+    from workers.statecheck import TopicMirror
+
+    settings = streams_only.settings
+    events = synthetic_events(users=80)
+    doubled = [e for n, e in enumerate(events) for _ in range(2 if n % 10 == 0 else 1)]
+    result = run_fault_scenario(streams_only, doubled, [], rate=1500, catch_up_limit_s=120)
+    assert result["comparison"]["exact"], result
+    pairs = settings.kafka.topic("pairs")
+    mirror = TopicMirror(settings.kafka.bootstrap, [pairs], keep_log=[pairs])
+    mirror.refresh(idle_s=1.0)
+    mirror.close()
+    producer = make_producer(settings.kafka)
+    resent = 0
+    for tp, values in mirror.log.items():
+        assert isinstance(tp, TopicPartition)
+        for value in values:
+            producer.send(pairs, value=value, partition=tp.partition)
+            resent += 1
+    producer.flush()
+    producer.close()
+    assert resent > 0
+    again, _ = wait_for_the_fold(streams_only, reference(doubled, settings.streams.graph_config()), limit_s=120)
+    assert again.exact, again.as_dict()
+    assert stream_metric(settings.streams.metrics_port, "gfm_graph_pairs_redelivered_total") > 0

@@ -14,7 +14,14 @@ from tests.conftest import make_settings
 from tests.integration.test_faults import synthetic_events
 from workers.kafka_io import EventSink, make_producer, publish_catalog
 from workers.stack import RestartPolicy, Stack, http_json
-from workers.statecheck import TopicMirror, changelog_topics, compare, stream_state, uncapped_config
+from workers.statecheck import (
+    TopicMirror,
+    changelog_topics,
+    compare,
+    fold_pairs_topic,
+    stream_state,
+    uncapped_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -58,15 +65,14 @@ def test_ten_thousand_hostile_messages_change_nothing_but_the_dead_letter_topic(
         config = settings.streams.graph_config()
         expected, uncapped = build_graph(rows, config), build_graph(rows, uncapped_config(config))
         mirror = TopicMirror(settings.kafka.bootstrap, [*changelog_topics(settings.streams.app_id),
-                                                        settings.kafka.topic("pairs")])
+                                                        settings.kafka.topic("pairs")],
+                             keep_log=[settings.kafka.topic("pairs")])
         deadline = time.monotonic() + 240
         while True:
             stack.check()
             mirror.refresh(idle_s=1.0)
             letters = _dead_letters(settings.kafka.bootstrap, settings.kafka.topic("dead-letter"))
             users, adjacency = stream_state(mirror, settings.streams.app_id)
-            from workers.statecheck import fold_pairs_topic
-
             result = compare(users, adjacency, expected, uncapped,
                              fold_pairs_topic(mirror, settings.kafka.topic("pairs"), config.max_degree))
             if (result.exact and len(letters) >= len(hostile)) or time.monotonic() > deadline:

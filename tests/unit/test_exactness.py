@@ -33,8 +33,8 @@ def _rows(seed: int = 11, users: int = 25):
 
 ROWS = _rows()
 
-step = st.tuples(st.sampled_from(["events", "pairs"]), st.integers(0, PARTITIONS - 1), st.integers(1, 4),
-                 st.sampled_from([None, None, "before_state", "before_commit"]))
+step = st.tuples(st.sampled_from(["events", "pairs", "events", "pairs", "move"]), st.integers(0, PARTITIONS - 1),
+                 st.integers(1, 4), st.sampled_from([None, None, "before_state", "before_changelog", "before_commit"]))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,20 +42,25 @@ step = st.tuples(st.sampled_from(["events", "pairs"]), st.integers(0, PARTITIONS
 def test_crashes_anywhere_leave_exactly_the_fold_of_the_log(schedule, max_degree):
     """Any interleaving of batches, each possibly crashing before its state or before its commit, then a clean
     drain: user states equal the batch build, and adjacencies equal the fold of the pairs log (and the batch
-    build where the degree cap never pruned). Users remember only 3 event ids here, so replays are recognised
-    by their offsets, not by event ids."""
+    build where the degree cap never pruned), in the local tables and in their changelogs, with partitions moving
+    to another worker (restored from the changelogs) at any point. Users remember only 3 event ids here, so
+    replays are recognised by their offsets, not by event ids."""
     graph = GraphConfig(max_degree=max_degree, max_event_ids=3)
     harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=graph), per_message=4)
     harness.produce(ROWS)
     for topic, partition, size, crash in schedule:
+        if topic == "move":
+            harness.move()
+            continue
         run = harness.events_batch if topic == "events" else harness.pairs_batch
         run(partition, size, crash)
     harness.drain()
     expected = build_graph(ROWS, graph)
-    assert harness.users() == expected.users
-    assert harness.adjacency() == harness.fold_pairs_log()
-    if max_degree == 1000:
-        assert harness.adjacency() == expected.adjacency
+    for changelog in (False, True):  # the local tables, and what another worker would restore
+        assert harness.users(changelog) == expected.users
+        assert harness.adjacency(changelog) == harness.fold_pairs_log()
+        if max_degree == 1000:
+            assert harness.adjacency(changelog) == expected.adjacency
 
 
 def test_a_crash_between_outputs_and_state_loses_no_pairs_and_counts_none_twice():
