@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-all lint bench install clean
+.PHONY: run test test-all test-monitoring lint bench install clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,13 @@ test: install
 
 test-all: install
 	$(BIN)/pytest -q -m 'slow or not slow'
+
+# The browser and Prometheus tests need Debian's chromium and prometheus (installed here when missing; as root).
+# Screenshots of the dashboard are written to docs/.
+test-monitoring: install
+	@command -v chromium >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+		(apt-get update && apt-get install -y chromium prometheus)
+	GFM_SCREENSHOT_DIR=docs $(BIN)/pytest -q -m 'browser or prometheus' tests/monitoring
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/mypy

@@ -1,1 +1,2 @@
-"""Prometheus metrics and Grafana dashboards."""
+"""Prometheus metrics, consumer lag, the operator's panels (Grafana, the built-in /dashboard, gfm status) and
+alert rules."""

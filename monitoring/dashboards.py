@@ -1,5 +1,6 @@
-"""The Grafana dashboard, built from code so every panel names a metric that :mod:`monitoring.metrics`
-defines (``python -m monitoring.dashboards`` rewrites ``monitoring/grafana/dashboards/gfm.json``)."""
+"""The Grafana dashboard, built from :data:`monitoring.panels.PANELS` (the same panels as the built-in page at
+``/dashboard`` and ``gfm status``). ``python -m monitoring.dashboards`` rewrites
+``monitoring/grafana/dashboards/gfm.json`` and the alert rules ``monitoring/alerts.yml``."""
 
 from __future__ import annotations
 
@@ -7,47 +8,41 @@ import json
 from pathlib import Path
 from typing import Any
 
-PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
-    # (title, unit, [(PromQL, legend)])
-    ("Events through the stream, by outcome", "ops",
-     [('sum by (outcome) (rate(gfm_stream_events_total[1m]))', "{{outcome}}")]),
-    ("Dead letters", "ops",
-     [('sum by (topic, field) (rate(gfm_dead_letters_total[5m]))', "{{topic}} {{field}}")]),
-    ("Event to fresh user vector (p50 / p95)", "s",
-     [('histogram_quantile(0.5, sum by (le) (rate(gfm_event_to_vector_seconds_bucket[1m])))', "p50"),
-      ('histogram_quantile(0.95, sum by (le) (rate(gfm_event_to_vector_seconds_bucket[1m])))', "p95")]),
-    ("Vectors upserted", "ops",
-     [('sum by (kind) (rate(gfm_vectors_upserted_total[1m]))', "{{kind}}")]),
-    ("Stream micro-batch time (p95)", "s",
-     [('histogram_quantile(0.95, sum by (le, agent) (rate(gfm_stream_batch_seconds_bucket[1m])))', "{{agent}}")]),
-    ("Refresh micro-batch time (p95)", "s",
-     [('histogram_quantile(0.95, sum by (le) (rate(gfm_refresh_batch_seconds_bucket[1m])))', "refresh")]),
-    ("Graph pairs merged", "ops", [('rate(gfm_graph_pairs_total[1m])', "pairs")]),
-    ("Catalogue items", "short", [('max(gfm_catalog_items)', "items")]),
-    ("API requests", "reqps",
-     [('sum by (route, status) (rate(gfm_api_requests_total[1m]))', "{{route}} {{status}}")]),
-    ("API latency (p95)", "s",
-     [('histogram_quantile(0.95, sum by (le, route) (rate(gfm_api_request_seconds_bucket[1m])))', "{{route}}")]),
-]
+from monitoring.panels import PANELS, Panel
+
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+
+
+def _panel(n: int, panel: Panel, x: int, y: int, width: int, height: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": n + 1,
+        "type": "stat" if panel.stat else "timeseries",
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": height, "w": width, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "targets": [
+            {"refId": chr(65 + k), "expr": series.promql(), "legendFormat": series.legend, "datasource": DATASOURCE}
+            for k, series in enumerate(panel.series)
+        ],
+    }
+    if panel.stat:
+        out["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                          "textMode": "name", "colorMode": "none"}
+    return out
 
 
 def dashboard() -> dict[str, Any]:
-    """The dashboard as Grafana's JSON model."""
+    """The dashboard as Grafana's JSON model: two charts a row, stat panels a third of a row."""
     panels = []
-    for n, (title, unit, queries) in enumerate(PANELS):
-        panels.append({
-            "id": n + 1,
-            "type": "timeseries",
-            "title": title,
-            "datasource": {"type": "prometheus", "uid": "prometheus"},
-            "gridPos": {"h": 8, "w": 12, "x": 12 * (n % 2), "y": 8 * (n // 2)},
-            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "targets": [
-                {"refId": chr(65 + k), "expr": expr, "legendFormat": legend,
-                 "datasource": {"type": "prometheus", "uid": "prometheus"}}
-                for k, (expr, legend) in enumerate(queries)
-            ],
-        })
+    x = y = 0
+    for n, panel in enumerate(PANELS):
+        width, height = (8, 4) if panel.stat else (12, 8)
+        if x + width > 24:
+            x, y = 0, y + 8
+        panels.append(_panel(n, panel, x, y, width, height))
+        x += width
     return {
         "uid": "gfm-overview",
         "title": "gfm: stream, refresh, serving",
@@ -67,4 +62,7 @@ def write(path: Path = Path(__file__).parent / "grafana" / "dashboards" / "gfm.j
 
 
 if __name__ == "__main__":
+    from monitoring.alerts import write_rules
+
     print(write())
+    print(write_rules())

@@ -3,7 +3,10 @@ fresh one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -45,6 +48,23 @@ class StreamMetrics:
         )
 
 
+class RefresherView(Protocol):
+    """What :meth:`RefresherMetrics.observe_batch` reads from the refresher."""
+
+    items_refreshed: int
+    users_refreshed: int
+
+    @property
+    def model(self) -> Any:
+        """The vector model (its ``version`` is exported)."""
+
+
+class TimestampedRecord(Protocol):
+    """A Kafka record as the consumer returns it (only its timestamp is read)."""
+
+    timestamp: int
+
+
 @dataclass
 class RefresherMetrics:
     """The refresher's metrics."""
@@ -56,6 +76,33 @@ class RefresherMetrics:
     catalog_items: Gauge
     pending: Gauge
     store_errors: Counter
+    item_freshness_seconds: Histogram
+    last_upsert: Gauge
+    model_info: Gauge
+    _seen: dict[str, int] = field(default_factory=dict)
+    _version: str | None = None
+
+    def observe_batch(self, refresher: RefresherView, polled: Mapping[Any, Sequence[TimestampedRecord]],
+                      now: Callable[[], float] = time.time) -> None:
+        """After a micro-batch was applied: event -> item vector latency (from the Kafka timestamps of the
+        item-update requests it read, which carry the event time), when each kind of vector was last upserted,
+        and the served model version."""
+        stamp = now()
+        for tp, records in polled.items():
+            if str(getattr(tp, "topic", "")).endswith("item-updates"):
+                for record in records:
+                    if record.timestamp and record.timestamp > 0:
+                        self.item_freshness_seconds.observe(max(0.0, stamp - record.timestamp / 1000.0))
+        for kind, count in (("item", refresher.items_refreshed), ("user", refresher.users_refreshed)):
+            if count != self._seen.get(kind, 0):
+                self._seen[kind] = count
+                self.last_upsert.labels(kind).set(stamp)
+        version = str(refresher.model.version)
+        if version != self._version:
+            if self._version is not None:
+                self.model_info.remove(self._version)
+            self.model_info.labels(version).set(1)
+            self._version = version
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RefresherMetrics:
@@ -71,6 +118,15 @@ class RefresherMetrics:
                 "From an event's arrival in the stream to its user's vector in the store",
                 buckets=LATENCY_BUCKETS, registry=registry),
             catalog_items=Gauge("gfm_catalog_items", "Items known to the refresher", registry=registry),
+            item_freshness_seconds=Histogram(
+                "gfm_event_to_item_vector_seconds",
+                "From an event to its items' vectors in the store (the item-update request's Kafka timestamp, "
+                "which the stream sets to the earliest event time of the micro-batch that changed the item)",
+                buckets=LATENCY_BUCKETS, registry=registry),
+            last_upsert=Gauge("gfm_vectors_last_upsert_timestamp_seconds",
+                              "Unix time of the newest upsert, by kind (item, user)", ["kind"], registry=registry),
+            model_info=Gauge("gfm_model_info", "The model version that computes the vectors (value 1)",
+                             ["version"], registry=registry),
             pending=Gauge("gfm_refresh_pending", "Dependents waiting to be refreshed (the frontier), by kind",
                           ["kind"], registry=registry),
             store_errors=Counter("gfm_vector_store_errors_total", "Failed vector store calls (retried)", ["op"],
@@ -99,3 +155,17 @@ class ApiMetrics:
             events_rejected=Counter("gfm_api_events_rejected_total", "Events rejected by POST /events",
                                     registry=registry),
         )
+
+
+@dataclass
+class StoreMetrics:
+    """The vector store's size, read when scraped."""
+
+    items: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, count_items: Callable[[], int]) -> StoreMetrics:
+        """Register a gauge that calls ``count_items`` at each scrape."""
+        items = Gauge("gfm_store_items", "Item vectors in the vector store", registry=registry)
+        items.set_function(lambda: float(count_items()))
+        return cls(items=items)

@@ -446,9 +446,11 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         await send_dead(config.topic("events"), batch.dead)
         for partition, rows in batch.rerouted.items():
             await events_topic.send(value=_json(rows).encode(), partition=partition)
+        # pair messages carry the batch's earliest event time, for event -> item vector latency (monitoring)
+        first_event = min(batch.sent_at.values(), default=None)
         for partition, groups in batch.pairs.items():
             for message in pack_pairs(groups, PAIRS_PER_MESSAGE):
-                await pairs_topic.send(value=message, partition=partition)
+                await pairs_topic.send(value=message, partition=partition, timestamp=first_event)
         values = {}
         for user_id, entry in batch.users.items():
             values[user_id], update = encode_user(user_id, entry, batch.sent_at[user_id])
@@ -470,13 +472,14 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
             found = adjacency.get(item_id.encode())
             return None if found is None else decode_item(found)
 
+        first_event = min(e.message.timestamp for e in events)  # item updates carry it on (monitoring)
         batch = fold_pairs(((e.value, e.message.partition, e.message.offset) for e in events), lookup,
                            config.graph.max_degree)
         await send_dead(config.topic("pairs"), batch.dead)
         values = {}
         for item_id, entry in batch.items.items():
             values[item_id], update = encode_item(item_id, entry)
-            await item_updates.send(key=item_id.encode(), value=update)
+            await item_updates.send(key=item_id.encode(), value=update, timestamp=first_event)
         await app.producer.flush()
         for item_id, value in values.items():
             adjacency[item_id.encode()] = value

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["test", "valid"], help="holdout rows to score")
     _model_options(evaluate)
 
+    status = sub.add_parser("status", help="the dashboard's key figures once, from the running API")
+    status.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     sub.add_parser("settings", help="print the effective settings as JSON")
     return parser
 
@@ -177,6 +180,23 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_evaluation(split, encoder, config, models)
         path = write_report(split, rows, config, command, args.out)
         print(path.with_suffix(".md").read_text())
+        return 0
+
+    if args.command == "status":
+        from monitoring.status import render_status
+        from workers.stack import http_json
+
+        url = f"http://{settings.api.host}:{settings.api.port}/dashboard/data"
+        try:
+            code, body = http_json(url)
+        except OSError as error:
+            print(f"the API at {url} is not reachable ({error}); start it with `gfm up`", file=sys.stderr)
+            return 2
+        if code != 200:
+            print(f"{url} answered {code}: {body}", file=sys.stderr)
+            return 1
+        print(json.dumps(body["points"][-1][1] if body["points"] else {}, indent=2) if args.json
+              else render_status(body))
         return 0
 
     if args.command == "settings":

@@ -37,6 +37,7 @@ from kafka import KafkaConsumer, TopicPartition
 from models.embedding import LiveGraph, VectorModel
 from models.graph import UserState
 from models.text import TextEncoder, item_text
+from monitoring.lag import refresher_group
 from monitoring.metrics import RefresherMetrics
 from streams.errors import InvalidRecord
 from streams.records import (
@@ -285,9 +286,11 @@ class RefresherLoop:
         self._thread: threading.Thread | None = None
 
     def _consumer(self) -> tuple[KafkaConsumer, dict[TopicPartition, int]]:
-        consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, enable_auto_commit=False,
-                                 client_id="gfm-refresher", fetch_max_bytes=64 * 1024 * 1024,
-                                 max_partition_fetch_bytes=16 * 1024 * 1024)
+        consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, client_id="gfm-refresher",
+                                 fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+                                 # commits only so that its lag can be read from Kafka (monitoring/lag.py)
+                                 group_id=refresher_group(self.kafka.topic_prefix), enable_auto_commit=True,
+                                 auto_commit_interval_ms=1000)
         partitions = []
         for name in ("catalog", "item-updates", "user-updates"):
             topic = self.kafka.topic(name)
@@ -315,6 +318,7 @@ class RefresherLoop:
                     if changes.dead and self.dead_letters is not None:
                         self.dead_letters(changes.dead)
                     self.refresher.apply(changes)
+                self.refresher.metrics.observe_batch(self.refresher, polled)  # monitoring only
                 if not self.caught_up.is_set() and all(
                     consumer.position(tp) >= end for tp, end in targets.items()
                 ):

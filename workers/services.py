@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 
 from models.embedding import TextPropagationModel, VectorModel
 from models.text import TextEncoder, make_encoder
-from monitoring.metrics import RefresherMetrics, StreamMetrics
+from monitoring.lag import register_lag
+from monitoring.metrics import RefresherMetrics, StoreMetrics, StreamMetrics
 from streams.agents import StreamConfig, create_app
 from streams.records import DeadLetter
 from vectorstore.base import VectorStore
 from workers.kafka_io import EventSink, ensure_topics, make_producer
 from workers.refresher import Refresher, RefresherLoop
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from monitoring.page import MetricsHistory
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,7 @@ def run_streams(settings: Settings) -> None:
 
     ensure_topics(settings.kafka)
     registry = CollectorRegistry()
+    register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id)
     start_http_server(settings.streams.metrics_port, addr=settings.metrics_host, registry=registry)
     app = create_app(stream_config(settings), StreamMetrics.create(registry))
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
@@ -108,6 +116,23 @@ def run_refresher(settings: Settings) -> None:
         raise SystemExit(f"refresher failed: {loop.error}")
 
 
+def attach_monitoring(app: FastAPI, settings: Settings, registry: CollectorRegistry, store: VectorStore,
+                      separate_refresher: bool) -> MetricsHistory:
+    """The API's share of monitoring: consumer lag and store size in its /metrics, and /dashboard."""
+    from monitoring.page import MetricsHistory, dashboard_router, registry_source, url_source
+
+    register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id)
+    StoreMetrics.create(registry, store.count_items)
+    urls = settings.api.dashboard_sources
+    if urls is None:
+        urls = [f"http://127.0.0.1:{settings.streams.metrics_port}/metrics"]
+        if separate_refresher:
+            urls.append(f"http://127.0.0.1:{settings.refresher.metrics_port}/metrics")
+    history = MetricsHistory({"api": registry_source(registry), **{url: url_source(url) for url in urls}})
+    app.include_router(dashboard_router(history))
+    return history.start()
+
+
 def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     """Run the query API (blocks). With the embedded store, the refresher runs in this process too, since a
     qdrant-edge shard can be opened by one process only."""
@@ -125,9 +150,11 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     sink = EventSink(producer, settings.kafka)
 
     app = create_api(store, sink, registry, settings.api.max_k, loop.health if loop is not None else None)
+    dashboard = attach_monitoring(app, settings, registry, store, separate_refresher=loop is None)
     try:
         uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning")
     finally:
+        dashboard.stop()
         if loop is not None:
             loop.stop()
         producer.close()

@@ -86,6 +86,9 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     max_k: int = 200
+    dashboard_sources: list[str] | None = None
+    """The other services' /metrics URLs that /dashboard reads; by default the stream worker's (and the
+    refresher's, when it runs apart) on 127.0.0.1."""
 
 
 class ModelSettings(BaseModel):

@@ -266,6 +266,7 @@ def up(settings: Settings, demo: bool = True, exit_after_demo: bool = False) -> 
         print(f"starting the embedded stack (logs in {settings.var_dir / 'logs'}) ...", flush=True)
         stack.start()
         print(f"API ready at {stack.api_url}  (OpenAPI: {stack.api_url}/docs)", flush=True)
+        print(f"live dashboard: {stack.api_url}/dashboard  (terminal: gfm status)", flush=True)
         if demo:
             user, recs = run_demo(stack)
             print(f"\ndemo user {user}'s podcast recommendations:")

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monitoring.alerts import rules
 from monitoring.dashboards import dashboard
-from monitoring.metrics import ApiMetrics, RefresherMetrics, StreamMetrics
+from monitoring.lag import KafkaLag, LagCollector, PartitionLag
+from monitoring.metrics import ApiMetrics, RefresherMetrics, StoreMetrics, StreamMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,6 +20,13 @@ def _metric_names() -> set[str]:
     StreamMetrics.create(registry)
     RefresherMetrics.create(registry)
     ApiMetrics.create(registry)
+    StoreMetrics.create(registry, lambda: 0)
+
+    class FakeLag(KafkaLag):
+        def measure(self):
+            return [PartitionLag("streams", "gfm-events", 0, 5, 3, 2)]
+
+    registry.register(LagCollector(FakeLag("unused:1", [])))
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
 
@@ -28,6 +37,19 @@ def test_every_dashboard_query_names_a_defined_metric():
         for target in panel["targets"]:
             used = set(re.findall(r"gfm_[a-z0-9_]+", target["expr"]))
             assert used and used <= defined, (panel["title"], used - defined)
+
+
+def test_every_alert_names_a_defined_metric():
+    defined = _metric_names()
+    for rule in rules()["groups"][0]["rules"]:
+        used = set(re.findall(r"gfm_[a-z0-9_]+", rule["expr"]))
+        assert used and used <= defined, (rule["alert"], used - defined)
+
+
+def test_shipped_alert_rules_are_the_generated_ones():
+    import yaml
+
+    assert yaml.safe_load((ROOT / "monitoring/alerts.yml").read_text()) == rules()
 
 
 def test_shipped_dashboard_json_is_the_generated_one():
