@@ -3,6 +3,7 @@ state stays exactly the fold of the log."""
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,24 @@ def test_duplicated_events_and_redelivered_pair_messages_change_nothing(streams_
     again, _ = wait_for_the_fold(streams_only, reference(doubled, settings.streams.graph_config()), limit_s=120)
     assert again.exact, again.as_dict()
     assert stream_metric(settings.streams.metrics_port, "gfm_graph_pairs_redelivered_total") > 0
+
+
+MOVIELENS = Path(__file__).resolve().parents[3] / "shared" / "data" / "movielens-1m"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MOVIELENS.exists(), reason="needs ../shared/data/movielens-1m")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_movielens_100k_events_three_faults_end_exactly_at_the_fold_of_the_log(tmp_path, sig):
+    """The long form of the test above (bench/faults_bench.py records its figures)."""
+    from workers.kafka_io import dataset_events
+
+    events = [e for e in dataset_events(MOVIELENS, 100_000)[0] if e is not None]
+    stack = Stack(make_settings(tmp_path), services=("streams",), policy=RestartPolicy(backoff_s=0.5))
+    stack.start()
+    try:
+        result = run_fault_scenario(stack, events, [Fault(a, sig) for a in (0.25, 0.5, 0.75)], rate=2000)
+    finally:
+        stack.stop()
+    assert len(result["faults"]) == 3
+    assert result["comparison"]["exact"], result
