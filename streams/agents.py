@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
 from kafka.partitioner.default import murmur2
 
 from models.graph import Adjacency, GraphConfig, UserState, apply_consumption, merge_neighbour, new_user_state
@@ -243,10 +244,10 @@ def pack_pairs(groups: dict[Any, list[Any]], per_message: int) -> Iterator[bytes
         chunk.append(group)
         size += (len(group) - 4) // 3
         if size >= per_message:
-            yield json.dumps(chunk, separators=(",", ":")).encode()
+            yield orjson.dumps(chunk)
             chunk, size = [], 0
     if chunk:
-        yield json.dumps(chunk, separators=(",", ":")).encode()
+        yield orjson.dumps(chunk)
 
 
 def decode_pairs(raw: bytes | None) -> list[list[Any]]:
@@ -350,36 +351,33 @@ class OffsetTracker:
             self.next[partition] = offset + 1
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def encode_user(user_id: str, entry: UserEntry, event_ts: float) -> tuple[bytes, bytes]:
     """A user's table value and refresh request, encoding the (large) state once for both."""
-    state = _json(entry.state)
-    table = f'{{"offsets":{_json(entry.offsets)},"state":{state}}}'
-    update = f'{{"user_id":{_json(user_id)},"event_ts":{_json(event_ts)},"state":{state}}}'
-    return table.encode(), update.encode()
+    state = orjson.dumps(entry.state)
+    table = b'{"offsets":' + orjson.dumps(entry.offsets) + b',"state":' + state + b"}"
+    update = (b'{"user_id":' + orjson.dumps(user_id) + b',"event_ts":' + orjson.dumps(event_ts) + b',"state":'
+              + state + b"}")
+    return table, update
 
 
 def decode_user(raw: bytes) -> UserEntry:
     """A user's table value (see :func:`encode_user`)."""
-    value = json.loads(raw)
+    value = orjson.loads(raw)
     return UserEntry(value["state"], value["offsets"])
 
 
 def encode_item(item_id: str, entry: ItemEntry) -> tuple[bytes, bytes]:
     """An item's table value and refresh request, encoding the adjacency once for both."""
-    adjacency = _json(entry.adjacency)
-    item_type = _json(entry.item_type)
-    table = f'{{"type":{item_type},"offsets":{_json(entry.offsets)},"adj":{adjacency}}}'
-    update = f'{{"item_id":{_json(item_id)},"item_type":{item_type},"adjacency":{adjacency}}}'
-    return table.encode(), update.encode()
+    adjacency = orjson.dumps(entry.adjacency)
+    item_type = orjson.dumps(entry.item_type)
+    table = b'{"type":' + item_type + b',"offsets":' + orjson.dumps(entry.offsets) + b',"adj":' + adjacency + b"}"
+    update = b'{"item_id":' + orjson.dumps(item_id) + b',"item_type":' + item_type + b',"adjacency":' + adjacency + b"}"
+    return table, update
 
 
 def decode_item(raw: bytes) -> ItemEntry:
     """An item's table value (see :func:`encode_item`)."""
-    value = json.loads(raw)
+    value = orjson.loads(raw)
     return ItemEntry(value["type"], value["adj"], value["offsets"])
 
 
@@ -445,7 +443,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
             lookup, config)
         await send_dead(config.topic("events"), batch.dead)
         for partition, rows in batch.rerouted.items():
-            await events_topic.send(value=_json(rows).encode(), partition=partition)
+            await events_topic.send(value=orjson.dumps(rows), partition=partition)
         # pair messages carry the batch's earliest event time, for event -> item vector latency (monitoring)
         first_event = min(batch.sent_at.values(), default=None)
         for partition, groups in batch.pairs.items():
