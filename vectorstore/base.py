@@ -7,6 +7,8 @@ item type and excluding consumed items happen inside the vector query.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -63,7 +65,52 @@ class Hit:
 
 
 class VectorStore(ABC):
-    """Items and users in one vector space."""
+    """Items and users in one vector space.
+
+    The item types the store holds are cached (:meth:`item_types`, :meth:`has_item_type`): types upserted
+    through this object count at once; a type it has not seen makes it re-read the store, at most once per
+    ``types_refresh_s``, so that writes by another process (a Qdrant server shared with the refresher) show.
+    Subclasses call ``super().__init__()``.
+    """
+
+    types_refresh_s: float = 1.0
+
+    def __init__(self) -> None:
+        self._types: frozenset[str] = frozenset()
+        self._types_read_at: float | None = None
+        self._types_lock = threading.Lock()
+
+    @abstractmethod
+    def _read_item_types(self) -> Iterable[str]:
+        """The distinct ``item_type`` values of the stored items, read from the store."""
+
+    def _remember_types(self, points: Sequence[ItemPoint]) -> None:
+        new = {p.item_type for p in points} - self._types
+        if new:
+            with self._types_lock:
+                self._types = self._types | new
+
+    def _reread_types(self) -> frozenset[str]:
+        with self._types_lock:
+            self._types = self._types | frozenset(self._read_item_types())
+            self._types_read_at = time.monotonic()
+            return self._types
+
+    def item_types(self) -> frozenset[str]:
+        """The item types of the stored items (cached; read from the store the first time)."""
+        if self._types_read_at is None:
+            return self._reread_types()
+        return self._types
+
+    def has_item_type(self, item_type: str) -> bool:
+        """Whether any stored item has ``item_type``; a miss re-reads the store at most once per
+        ``types_refresh_s``."""
+        if item_type in self._types:
+            return True
+        read_at = self._types_read_at
+        if read_at is None or time.monotonic() - read_at >= self.types_refresh_s:
+            return item_type in self._reread_types()
+        return False
 
     @abstractmethod
     def ensure(self, dim: int) -> None:

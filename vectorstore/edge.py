@@ -28,11 +28,14 @@ from vectorstore.base import (
 )
 from vectorstore.errors import DimensionMismatch
 
+_MAX_TYPES = 10_000
+
 
 class EdgeStore(VectorStore):
     """Two qdrant-edge shards under ``path``: ``items/`` and ``users/``."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self._items: q.EdgeShard | None = None
         self._users: q.EdgeShard | None = None
@@ -78,6 +81,11 @@ class EdgeStore(VectorStore):
                     [q.Point(item_point_id(p.item_id), p.vector.tolist(), item_payload(p)) for p in points]
                 )
             )
+            self._remember_types(points)
+
+    def _read_item_types(self) -> list[str]:
+        facet = self.items.facet(q.FacetRequest(key="item_type", limit=_MAX_TYPES, exact=True))
+        return [str(hit.value) for hit in facet.hits]
 
     def upsert_users(self, points: Sequence[UserPoint]) -> None:
         if points:

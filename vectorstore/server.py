@@ -23,6 +23,8 @@ from vectorstore.base import (
 )
 from vectorstore.errors import DimensionMismatch
 
+_MAX_TYPES = 10_000
+
 
 class ServerStore(VectorStore):
     """Two collections, ``{prefix}-items`` and ``{prefix}-users``, on a Qdrant server.
@@ -34,6 +36,7 @@ class ServerStore(VectorStore):
     """
 
     def __init__(self, location: str, prefix: str = "gfm", api_key: str | None = None) -> None:
+        super().__init__()
         if location == ":memory:":
             self.client = QdrantClient(location=":memory:")
         else:
@@ -60,6 +63,11 @@ class ServerStore(VectorStore):
                 [m.PointStruct(id=item_point_id(p.item_id), vector=p.vector.tolist(), payload=item_payload(p))
                  for p in points],
             )
+            self._remember_types(points)
+
+    def _read_item_types(self) -> list[str]:
+        facet = self.client.facet(self.items, "item_type", limit=_MAX_TYPES, exact=True)
+        return [str(hit.value) for hit in facet.hits]
 
     def upsert_users(self, points: Sequence[UserPoint]) -> None:
         if points:

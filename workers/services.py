@@ -105,7 +105,7 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     qdrant-edge shard can be opened by one process only."""
     import uvicorn
 
-    from vectorstore.api import create_api
+    from vectorstore.api import ApiLimits, create_api
 
     registry = CollectorRegistry()
     store = build_store(settings)
@@ -130,7 +130,11 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
             },
         }
 
-    app = create_api(store, sink, registry, settings.api.max_k, health)
+    api = settings.api
+    limits = ApiLimits(max_k=api.max_k, max_body_bytes=api.max_body_bytes, max_batch=api.max_batch, ts_min=api.ts_min,
+                       ts_future_s=api.ts_future_s, ingest_threads=api.ingest_threads,
+                       ingest_in_flight=api.ingest_in_flight)
+    app = create_api(store, sink, registry, health=health, limits=limits)
     try:
         uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning")
     finally:

@@ -44,6 +44,7 @@ def test_same_calls_same_results(stores):
             "count": store.count_items(),
             "user": (got.user_id, got.consumed, got.counts, got.event_ts),
             "item": (store.get_item("i5").title, store.get_item("i5").model_version, store.get_item("zz")),
+            "types": (store.item_types(), store.has_item_type("show"), store.has_item_type("film")),
             "searches": [],
         }
         for query in [got.vector, *queries]:
@@ -55,6 +56,7 @@ def test_same_calls_same_results(stores):
     assert edge["count"] == server["count"] == 300
     assert edge["user"] == server["user"]
     assert edge["item"] == server["item"] == ("renamed", "v2", None)
+    assert edge["types"] == server["types"] == (frozenset({"podcast", "audiobook", "show"}), True, False)
     assert edge["searches"] == server["searches"]
     consumed = set(user.consumed)
     for hits in edge["searches"]:
@@ -82,6 +84,7 @@ def test_reopening_the_edge_store_keeps_points_and_checks_dimensions(tmp_path):
     again = EdgeStore(tmp_path)
     again.ensure(16)
     assert again.count_items() == 5
+    assert again.item_types() == {"podcast", "audiobook", "show"}  # read back from the shard, not remembered
     again.close()
     with pytest.raises(DimensionMismatch, match="16-dim"):
         EdgeStore(tmp_path).ensure(32)
