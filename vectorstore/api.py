@@ -215,15 +215,18 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _events_body_schema(max_batch: int) -> dict[str, Any]:
+def _events_body_schema(limits: ApiLimits) -> dict[str, Any]:
     """The OpenAPI schema of POST /events' body (the route reads the raw body so that decoding and validation
     run off the event loop, so FastAPI cannot derive it)."""
     event = _EVENT.json_schema()
     event["additionalProperties"] = False
+    ts = event["properties"]["ts"]["anyOf"][0]
+    ts.pop("exclusiveMinimum", None)
+    ts["minimum"] = limits.ts_min
     return {
         "required": True,
         "content": {"application/json": {"schema": {"anyOf": [
-            event, {"type": "array", "items": event, "minItems": 1, "maxItems": max_batch},
+            event, {"type": "array", "items": event, "minItems": 1, "maxItems": limits.max_batch},
         ]}}},
     }
 
@@ -375,9 +378,10 @@ def create_api(
         return Accepted(accepted=len(events), event_ids=[e.event_id for e in events])
 
     @app.post("/events", status_code=202, response_model=Accepted,
-              openapi_extra={"requestBody": _events_body_schema(limits.max_batch)},
+              openapi_extra={"requestBody": _events_body_schema(limits)},
               responses={400: {"description": "the body is not JSON"},
                          413: {"description": "body or batch too large"},
+                         422: {"description": "an invalid event: the message names it and the field"},
                          503: {"description": "ingestion busy or the event stream is down; retry"}})
     async def post_events(request: Request) -> Accepted:
         """Validate one event or a batch and produce it to Kafka; all or nothing."""
@@ -394,7 +398,7 @@ def create_api(
         finally:
             in_flight -= 1
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "the in-process refresher died"}})
     def healthz() -> JSONResponse:
         """Liveness and what the store holds."""
         facts: dict[str, Any] = {"ok": True, "items": store.count_items()}
@@ -402,7 +406,8 @@ def create_api(
             facts.update(health())
         return JSONResponse(facts, status_code=200 if facts["ok"] else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "exposition"}})
     def prometheus() -> Response:
         """Prometheus exposition of this process's metrics."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

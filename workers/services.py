@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -15,6 +16,11 @@ from vectorstore.base import VectorStore
 from workers.kafka_io import EventSink, ensure_topics, make_producer
 from workers.refresher import Refresher, RefresherLoop
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from vectorstore.api import EventSink as ApiSink
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +106,22 @@ def run_refresher(settings: Settings) -> None:
         raise SystemExit(f"refresher failed: {loop.error}")
 
 
+def build_api(settings: Settings, store: VectorStore, sink: ApiSink | None, registry: CollectorRegistry,
+              health: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    """The HTTP API with the bounds of ``settings.api``."""
+    from vectorstore.api import ApiLimits, create_api
+
+    api = settings.api
+    limits = ApiLimits(max_k=api.max_k, max_body_bytes=api.max_body_bytes, max_batch=api.max_batch, ts_min=api.ts_min,
+                       ts_future_s=api.ts_future_s, ingest_threads=api.ingest_threads,
+                       ingest_in_flight=api.ingest_in_flight)
+    return create_api(store, sink, registry, health=health, limits=limits)
+
+
 def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     """Run the query API (blocks). With the embedded store, the refresher runs in this process too, since a
     qdrant-edge shard can be opened by one process only."""
     import uvicorn
-
-    from vectorstore.api import ApiLimits, create_api
 
     registry = CollectorRegistry()
     store = build_store(settings)
@@ -130,11 +146,7 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
             },
         }
 
-    api = settings.api
-    limits = ApiLimits(max_k=api.max_k, max_body_bytes=api.max_body_bytes, max_batch=api.max_batch, ts_min=api.ts_min,
-                       ts_future_s=api.ts_future_s, ingest_threads=api.ingest_threads,
-                       ingest_in_flight=api.ingest_in_flight)
-    app = create_api(store, sink, registry, health=health, limits=limits)
+    app = build_api(settings, store, sink, registry, health)
     try:
         uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning")
     finally:
