@@ -135,7 +135,7 @@ class Record:
             "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
             "max_ms": round(float(lat.max()), 2) if len(lat) else None,
             "statuses": dict(sorted(self.statuses.items())),
-            "server_errors": sum(n for s, n in self.statuses.items() if s.startswith("5") and s != "503"),
+            "server_errors": sum(n for s, n in self.statuses.items() if s.startswith("5")),
             "connection_errors": self.errors,
         }
 
