@@ -284,8 +284,8 @@ def create_api(
             raise HTTPException(404, f"unknown item type {quote(item_type)}; the store holds: {known}")
 
     def ranked(query: str, point: ItemPoint | UserPoint, item_type: str | None, k: int,
-               exclude: list[str]) -> Recommendations:
-        hits = store.search(point.vector, k, item_type=item_type, exclude=exclude)
+               exclude: Sequence[str] = (), exclude_points: Sequence[str] = ()) -> Recommendations:
+        hits = store.search(point.vector, k, item_type=item_type, exclude=exclude, exclude_points=exclude_points)
         return Recommendations(query=query, item_type=item_type, model_version=point.model_version,
                                updated_at=point.updated_at, items=_items(hits))
 
@@ -303,7 +303,7 @@ def create_api(
         user = store.get_user(user_id)
         if user is None:
             raise HTTPException(404, f"unknown user {quote(user_id)}: no events from them have been processed yet")
-        return ranked(user_id, user, type, k, exclude=user.consumed)
+        return ranked(user_id, user, type, k, exclude_points=user.excluded_points())
 
     @app.get("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
     def similar(

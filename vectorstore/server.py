@@ -13,6 +13,7 @@ from vectorstore.base import (
     ItemPoint,
     UserPoint,
     VectorStore,
+    excluded_point_ids,
     hit_from,
     item_from,
     item_payload,
@@ -86,12 +87,13 @@ class ServerStore(VectorStore):
         return user_from(found[0].payload or {}, found[0].vector) if found else None  # type: ignore[arg-type]
 
     def search(
-        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = ()
+        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = (),
+        exclude_points: Iterable[str] = (),
     ) -> list[Hit]:
         must: list[m.Condition] = (
             [m.FieldCondition(key="item_type", match=m.MatchValue(value=item_type))] if item_type else []
         )
-        excluded: list[m.ExtendedPointId] = [item_point_id(i) for i in exclude]
+        excluded: list[m.ExtendedPointId] = list(excluded_point_ids(exclude, exclude_points))
         must_not: list[m.Condition] = [m.HasIdCondition(has_id=excluded)] if excluded else []
         result = self.client.query_points(
             self.items,

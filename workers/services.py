@@ -147,6 +147,7 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
         }
 
     app = build_api(settings, store, sink, registry, health)
+    store.optimize(settings.qdrant.index_min_unindexed)  # before serving: qdrant-edge's indexing holds the GIL
     try:
         uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning")
     finally:

@@ -36,6 +36,9 @@ class QdrantSettings(BaseModel):
     api_key: str | None = None
     path: Path = Path("var/qdrant")
     collection_prefix: str = "gfm"
+    index_min_unindexed: int = Field(
+        20_000, ge=1, description="embedded store: build the vector index before the API serves when at least "
+        "this many items are unindexed (it pauses the process: ~1 min for 100k items)")
 
 
 class StreamSettings(BaseModel):

@@ -63,6 +63,28 @@ def test_same_calls_same_results(stores):
         assert not consumed & {h[0] for h in hits}
 
 
+def test_excluding_many_items_gives_the_same_answers(stores):
+    """Past 64 excluded ids the embedded store drops them from a widened result instead of filtering; a user
+    who consumed the 150 items nearest their vector gets what the server's filter gives."""
+    rng = np.random.default_rng(4)
+    points = _points(rng)
+    query = points[7].vector
+    nearest = sorted(points, key=lambda p: -float(p.vector @ query / np.linalg.norm(p.vector)))
+    consumed = [p.item_id for p in nearest[:150]]
+    answers = []
+    for store in stores:
+        store.ensure(16)
+        store.upsert_items(points)
+        store.upsert_users([UserPoint("u", query, "v1", 1.0, 2.0, consumed, {})])
+        user = store.get_user("u")
+        answers.append([[(h.item_id, round(h.score, 4)) for h in store.search(query, k, item_type=t,
+                                                                              exclude_points=user.excluded_points())]
+                        for k in (1, 10, 200) for t in (None, "podcast")])
+    assert answers[0] == answers[1]
+    assert len(answers[0][4]) == 150  # k=200 of all types: everything not consumed
+    assert not set(consumed) & {item for hits in answers[0] for item, _ in hits}
+
+
 def test_types_filter_and_exclusion_happen_inside_the_query(stores):
     """Excluding 9 of the 10 podcasts still returns the 10th, ranked among podcasts only: a post-filter over
     a global top-k would return nothing."""
