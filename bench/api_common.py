@@ -28,9 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TYPES = ("podcast", "audiobook")
 
 
-def seed_store(path: Path, n_items: int, dim: int, n_users: int, consumed: int, seed: int = 0) -> None:
+def seed_store(path: Path, n_items: int, dim: int, n_users: int, consumed: int, seed: int = 0,
+               recent: int | None = None) -> None:
     """Fill an embedded store under ``path``: ``n_items`` random unit vectors alternating between two types,
-    ``n_users`` users who each consumed ``consumed`` random items."""
+    ``n_users`` users who each consumed ``consumed`` random items. A user's vector is random, or with
+    ``recent`` the mean of their last ``recent`` items, as the text-propagation model makes it (so that what
+    they consumed crowds the top of their ranking, the hard case for excluding it)."""
     from vectorstore.base import ItemPoint, UserPoint
     from vectorstore.edge import EdgeStore
 
@@ -38,16 +41,16 @@ def seed_store(path: Path, n_items: int, dim: int, n_users: int, consumed: int, 
     store = EdgeStore(path)
     store.ensure(dim)
     now = time.time()
+    vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for start in range(0, n_items, 5000):
-        stop = min(n_items, start + 5000)
-        vectors = rng.normal(size=(stop - start, dim)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        store.upsert_items([ItemPoint(f"i{k}", TYPES[k % 2], f"item {k}", vectors[k - start], "bench", now)
-                            for k in range(start, stop)])
+        store.upsert_items([ItemPoint(f"i{k}", TYPES[k % 2], f"item {k}", vectors[k], "bench", now)
+                            for k in range(start, min(n_items, start + 5000))])
     users = []
     for u in range(n_users):
-        vector = rng.normal(size=dim).astype(np.float32)
-        eaten = [f"i{k}" for k in rng.choice(n_items, size=min(consumed, n_items), replace=False)]
+        chosen = rng.choice(n_items, size=min(consumed, n_items), replace=False)
+        vector = vectors[chosen[-recent:]].mean(axis=0) if recent else rng.normal(size=dim).astype(np.float32)
+        eaten = [f"i{k}" for k in chosen]
         users.append(UserPoint(f"u{u}", vector / np.linalg.norm(vector), "bench", now, now, eaten,
                                {t: len(eaten) // 2 for t in TYPES}))
     for start in range(0, n_users, 100):

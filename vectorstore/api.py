@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -215,6 +215,35 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class Measure:
+    """ASGI middleware: counts requests by route and status and times them (a plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` costs a task group per request)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")  # the router records the matched route
+            self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(name, str(status)).inc()
+
+
 def _events_body_schema(limits: ApiLimits) -> dict[str, Any]:
     """The OpenAPI schema of POST /events' body (the route reads the raw body so that decoding and validation
     run off the event loop, so FastAPI cannot derive it)."""
@@ -264,15 +293,7 @@ def create_api(
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     metrics = ApiMetrics.create(registry)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.latency.labels(name).observe(time.perf_counter() - started)
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        return response
+    app.add_middleware(Measure, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:

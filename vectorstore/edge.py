@@ -44,10 +44,10 @@ class EdgeStore(VectorStore):
     Args:
         path: the directory of the shards.
         hnsw_ef: the size of the HNSW search's candidate list (at least the number of results asked for);
-            larger is more exact and slower.
+            larger is more exact and slower; None searches exactly (brute force over the filtered items).
     """
 
-    def __init__(self, path: Path, hnsw_ef: int = 128) -> None:
+    def __init__(self, path: Path, hnsw_ef: int | None = 256) -> None:
         super().__init__()
         self.path = path
         self.hnsw_ef = hnsw_ef
@@ -139,7 +139,8 @@ class EdgeStore(VectorStore):
             limit = min(limit * 4, k + len(excluded))
 
     def _query(self, query: q.Query, limit: int, where: q.Filter) -> list[q.ScoredPoint]:
-        params = q.SearchParams(hnsw_ef=max(self.hnsw_ef, limit))
+        ef = self.hnsw_ef
+        params = q.SearchParams(exact=True) if ef is None else q.SearchParams(hnsw_ef=max(ef, limit))
         return self.items.query(q.QueryRequest(limit=limit, query=query, filter=where, with_payload=True,
                                                params=params))
 
