@@ -50,22 +50,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         routes.setdefault(name, Record()).add(time.perf_counter() - started, response.status_code)
         return response
 
+    report: dict[str, Any] = {
+        "command": "python " + " ".join(sys.argv),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
+        "setup": "one uvicorn process on 127.0.0.1, embedded qdrant-edge store, POST /events to a real tansu "
+                 "broker; client: httpx asyncio in another process on the same 2-core machine",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         seed_store(store, args.items, args.dim, args.users, args.consumed)
-        with broker() as bootstrap, served(store, bootstrap) as url:
-            records, wall = asyncio.run(drive(url, {"mixed": (args.clients, mixed)}, args.duration,
-                                              args.max_requests))
-    overall = records["mixed"].summary(wall)
-    return {
-        "command": "python " + " ".join(sys.argv),
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "setup": "one uvicorn process on 127.0.0.1, embedded qdrant-edge store, POST /events to a real tansu "
-                 "broker; client: httpx asyncio in another process on the same 2-core machine",
-        "wall_s": round(wall, 2),
-        "overall": overall,
-        "routes": {name: record.summary(wall) for name, record in sorted(routes.items())},
-    }
+        runs = {"after": ROOT} if args.before is None else {"before": args.before, "after": ROOT}
+        with broker() as bootstrap:
+            for name, checkout in runs.items():
+                routes.clear()
+                with served(store, bootstrap, pythonpath=checkout) as url:
+                    records, wall = asyncio.run(drive(url, {"mixed": (args.clients, mixed)}, args.duration,
+                                                      args.max_requests))
+                run_report = {"wall_s": round(wall, 2), "overall": records["mixed"].summary(wall),
+                              "routes": {n: record.summary(wall) for n, record in sorted(routes.items())}}
+                if name == "after":
+                    report.update(run_report)
+                else:
+                    report[name] = run_report
+    return report
 
 
 def main() -> None:
@@ -77,6 +84,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--consumed", type=int, default=200)
+    parser.add_argument("--before", type=Path, default=None, help="another checkout (older code) to load too")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/api-load.json")
     args = parser.parse_args()
     report = run(args)

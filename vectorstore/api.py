@@ -290,10 +290,9 @@ def create_api(
 
     app = FastAPI(title="gfm", version="0.1.0", lifespan=lifespan,
                   description="Fresh recommendations from a graph foundation model, updated from a live stream.")
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     metrics = ApiMetrics.create(registry)
-
-    app.add_middleware(Measure, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Measure, metrics=metrics)  # added last, so outermost: it also counts what BodyLimit refuses
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:

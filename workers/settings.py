@@ -36,6 +36,8 @@ class QdrantSettings(BaseModel):
     api_key: str | None = None
     path: Path = Path("var/qdrant")
     collection_prefix: str = "gfm"
+    hnsw_ef: int | None = Field(
+        256, ge=1, description="embedded store: HNSW search breadth (recall against speed); None: exact search")
     index_min_unindexed: int = Field(
         20_000, ge=1, description="embedded store: build the vector index before the API serves when at least "
         "this many items are unindexed (it pauses the process: ~1 min for 100k items)")
