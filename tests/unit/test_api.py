@@ -16,6 +16,7 @@ from qdrant_client import models
 from vectorstore.api import ApiLimits, BodyLimit, create_api
 from vectorstore.base import ItemPoint, UserPoint
 from vectorstore.server import ServerStore
+from workers.services import build_api
 
 
 class ListSink:
@@ -277,3 +278,15 @@ def test_ingestion_beyond_its_bound_is_503_and_leaves_queries_alone(store):
         release.set()
         assert [p.result().status_code for p in posts] == [202, 202]
     assert len(sink.events) == 2
+
+
+def test_limits_are_checked_and_come_from_the_settings():
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        ApiLimits(max_batch=0)
+    from workers.settings import Settings
+
+    settings = Settings(api={"max_batch": 7, "max_body_bytes": 2048})
+    app = build_api(settings, ServerStore(":memory:"), ListSink(), CollectorRegistry())
+    client = TestClient(app)
+    assert "at most 7 per request" in client.post("/events", json=[GOOD] * 8).json()["detail"]
+    assert client.post("/events", content=b" " * 4096).status_code == 413
