@@ -125,9 +125,13 @@ class Record:
     statuses: dict[str, int] = field(default_factory=dict)
     errors: int = 0
 
-    def add(self, seconds: float, status: int) -> None:
+    server_error_samples: list[str] = field(default_factory=list)
+
+    def add(self, seconds: float, status: int, text: str = "") -> None:
         self.latencies.append(seconds)
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+        if status >= 500 and len(self.server_error_samples) < 5:
+            self.server_error_samples.append(f"{status} {text[:200]}")
 
     def summary(self, wall_s: float) -> dict[str, Any]:
         lat = np.asarray(self.latencies) * 1000
@@ -140,6 +144,7 @@ class Record:
             "statuses": dict(sorted(self.statuses.items())),
             "server_errors": sum(n for s, n in self.statuses.items() if s.startswith("5")),
             "connection_errors": self.errors,
+            "server_error_samples": self.server_error_samples,
         }
 
 
@@ -164,7 +169,8 @@ async def drive(url: str, workers: dict[str, tuple[int, Request]], duration_s: f
                 except httpx.HTTPError:
                     records[name].errors += 1
                     continue
-                records[name].add(time.perf_counter() - started, response.status_code)
+                records[name].add(time.perf_counter() - started, response.status_code,
+                                  response.text if response.status_code >= 500 else "")
                 done += 1
 
     started = time.monotonic()

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             response = await http.post("/events", json=[
                 {"user_id": f"u{rng.randrange(args.users)}", "item_id": f"i{item}", "item_type": TYPES[item % 2]}
                 for _ in range(10)])
-        routes.setdefault(name, Record()).add(time.perf_counter() - started, response.status_code)
+        routes.setdefault(name, Record()).add(time.perf_counter() - started, response.status_code,
+                                              response.text if response.status_code >= 500 else "")
         return response
 
     report: dict[str, Any] = {

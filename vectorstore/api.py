@@ -68,7 +68,7 @@ class ApiLimits:
     ts_min: float = 946_684_800.0
     ts_future_s: float = 86_400.0
     ingest_threads: int = 2
-    ingest_in_flight: int = 8
+    ingest_in_flight: int = 32
 
     def __post_init__(self) -> None:
         for name in ("max_k", "max_body_bytes", "max_batch", "ingest_threads", "ingest_in_flight"):

@@ -91,7 +91,7 @@ class ApiSettings(BaseModel):
     ts_min: float = Field(946_684_800.0, description="earliest event time accepted (2000-01-01, unix seconds)")
     ts_future_s: float = Field(86_400.0, ge=0, description="how far past now an event time may be")
     ingest_threads: int = Field(2, ge=1, description="threads that decode and send posted events")
-    ingest_in_flight: int = Field(8, ge=1, description="most POST /events in progress; 503 beyond")
+    ingest_in_flight: int = Field(32, ge=1, description="most POST /events in progress; 503 beyond")
 
 
 class ModelSettings(BaseModel):
