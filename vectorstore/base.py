@@ -7,6 +7,9 @@ item type and excluding consumed items happen inside the vector query.
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -17,8 +20,9 @@ import numpy as np
 _NAMESPACE = uuid.UUID("6f1d3c1e-9a55-4a4e-9d1f-0b9f6b7f4a10")
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def item_point_id(item_id: str) -> str:
-    """The point id of an item."""
+    """The point id of an item (cached: a uuid5 costs ~3 us and users hold thousands of consumed items)."""
     return str(uuid.uuid5(_NAMESPACE, f"item:{item_id}"))
 
 
@@ -50,6 +54,14 @@ class UserPoint:
     event_ts: float
     consumed: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    consumed_points: list[str] | None = None
+    """The point ids of ``consumed`` as stored with the user (computed once, when the user is written)."""
+
+    def excluded_points(self) -> list[str]:
+        """The point ids to leave out of the user's recommendations."""
+        if self.consumed_points is not None:
+            return self.consumed_points
+        return [item_point_id(i) for i in self.consumed]
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,52 @@ class Hit:
 
 
 class VectorStore(ABC):
-    """Items and users in one vector space."""
+    """Items and users in one vector space.
+
+    The item types the store holds are cached (:meth:`item_types`, :meth:`has_item_type`): types upserted
+    through this object count at once; a type it has not seen makes it re-read the store, at most once per
+    ``types_refresh_s``, so that writes by another process (a Qdrant server shared with the refresher) show.
+    Subclasses call ``super().__init__()``.
+    """
+
+    types_refresh_s: float = 1.0
+
+    def __init__(self) -> None:
+        self._types: frozenset[str] = frozenset()
+        self._types_read_at: float | None = None
+        self._types_lock = threading.Lock()
+
+    @abstractmethod
+    def _read_item_types(self) -> Iterable[str]:
+        """The distinct ``item_type`` values of the stored items, read from the store."""
+
+    def _remember_types(self, points: Sequence[ItemPoint]) -> None:
+        new = {p.item_type for p in points} - self._types
+        if new:
+            with self._types_lock:
+                self._types = self._types | new
+
+    def _reread_types(self) -> frozenset[str]:
+        with self._types_lock:
+            self._types = self._types | frozenset(self._read_item_types())
+            self._types_read_at = time.monotonic()
+            return self._types
+
+    def item_types(self) -> frozenset[str]:
+        """The item types of the stored items (cached; read from the store the first time)."""
+        if self._types_read_at is None:
+            return self._reread_types()
+        return self._types
+
+    def has_item_type(self, item_type: str) -> bool:
+        """Whether any stored item has ``item_type``; a miss re-reads the store at most once per
+        ``types_refresh_s``."""
+        if item_type in self._types:
+            return True
+        read_at = self._types_read_at
+        if read_at is None or time.monotonic() - read_at >= self.types_refresh_s:
+            return item_type in self._reread_types()
+        return False
 
     @abstractmethod
     def ensure(self, dim: int) -> None:
@@ -91,9 +148,16 @@ class VectorStore(ABC):
 
     @abstractmethod
     def search(
-        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = ()
+        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = (),
+        exclude_points: Iterable[str] = (),
     ) -> list[Hit]:
-        """The ``k`` items nearest ``vector`` (cosine), of ``item_type`` if given, none of ``exclude``."""
+        """The ``k`` items nearest ``vector`` (cosine), of ``item_type`` if given, none of ``exclude`` (item
+        ids) nor ``exclude_points`` (their point ids, as :meth:`UserPoint.excluded_points` gives them)."""
+
+    def optimize(self, min_unindexed: int = 1) -> bool:
+        """Build the vector index over recently written items if at least ``min_unindexed`` are not indexed;
+        returns whether it ran. The default does nothing: a Qdrant server indexes in the background."""
+        return False
 
     @abstractmethod
     def count_items(self) -> int:
@@ -123,6 +187,7 @@ def user_payload(point: UserPoint) -> dict[str, object]:
         "updated_at": point.updated_at,
         "event_ts": point.event_ts,
         "consumed": point.consumed,
+        "consumed_points": point.excluded_points(),
         "counts": point.counts,
     }
 
@@ -149,7 +214,15 @@ def user_from(payload: dict[str, object], vector: Sequence[float]) -> UserPoint:
         event_ts=float(payload.get("event_ts", 0.0)),  # type: ignore[arg-type]
         consumed=list(payload.get("consumed", [])),  # type: ignore[call-overload]
         counts=dict(payload.get("counts", {})),  # type: ignore[call-overload]
+        consumed_points=list(points) if isinstance(points := payload.get("consumed_points"), list) else None,
     )
+
+
+def excluded_point_ids(exclude: Iterable[str], exclude_points: Iterable[str]) -> set[str]:
+    """The point ids a search leaves out: those of the item ids ``exclude``, and ``exclude_points``."""
+    excluded = set(exclude_points)
+    excluded.update(item_point_id(i) for i in exclude)
+    return excluded
 
 
 def hit_from(payload: dict[str, object], score: float) -> Hit:

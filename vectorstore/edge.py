@@ -6,7 +6,9 @@ share one process (``gfm worker api`` starts the refresher beside the API).
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from vectorstore.base import (
     ItemPoint,
     UserPoint,
     VectorStore,
+    excluded_point_ids,
     hit_from,
     item_from,
     item_payload,
@@ -28,12 +31,26 @@ from vectorstore.base import (
 )
 from vectorstore.errors import DimensionMismatch
 
+_MAX_TYPES = 10_000
+_FILTER_MAX_EXCLUDED = 64
+"""Up to this many excluded ids go into the query's filter; more are dropped from a wider result."""
+_OVERFETCH = 32
+log = logging.getLogger(__name__)
+
 
 class EdgeStore(VectorStore):
-    """Two qdrant-edge shards under ``path``: ``items/`` and ``users/``."""
+    """Two qdrant-edge shards under ``path``: ``items/`` and ``users/``.
 
-    def __init__(self, path: Path) -> None:
+    Args:
+        path: the directory of the shards.
+        hnsw_ef: the size of the HNSW search's candidate list (at least the number of results asked for);
+            larger is more exact and slower; None searches exactly (brute force over the filtered items).
+    """
+
+    def __init__(self, path: Path, hnsw_ef: int | None = 256) -> None:
+        super().__init__()
         self.path = path
+        self.hnsw_ef = hnsw_ef
         self._items: q.EdgeShard | None = None
         self._users: q.EdgeShard | None = None
         self._lock = threading.Lock()
@@ -78,6 +95,11 @@ class EdgeStore(VectorStore):
                     [q.Point(item_point_id(p.item_id), p.vector.tolist(), item_payload(p)) for p in points]
                 )
             )
+            self._remember_types(points)
+
+    def _read_item_types(self) -> list[str]:
+        facet = self.items.facet(q.FacetRequest(key="item_type", limit=_MAX_TYPES, exact=True))
+        return [str(hit.value) for hit in facet.hits]
 
     def upsert_users(self, points: Sequence[UserPoint]) -> None:
         if points:
@@ -96,18 +118,49 @@ class EdgeStore(VectorStore):
         return user_from(found[0].payload or {}, _dense(found[0].vector)) if found else None
 
     def search(
-        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = ()
+        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = (),
+        exclude_points: Iterable[str] = (),
     ) -> list[Hit]:
         must = [q.FieldCondition(key="item_type", match=q.MatchValue(item_type))] if item_type else None
-        excluded = {item_point_id(i) for i in exclude}
-        must_not: list[q.HasIdCondition] | None = [q.HasIdCondition(excluded)] if excluded else None  # type: ignore[arg-type]
-        request = q.QueryRequest(
-            limit=k,
-            query=q.Query.Nearest(vector.tolist()),
-            filter=q.Filter(must=must, must_not=must_not),  # type: ignore[arg-type]
-            with_payload=True,
-        )
-        return [hit_from(p.payload or {}, p.score) for p in self.items.query(request)]
+        excluded = excluded_point_ids(exclude, exclude_points)
+        query = q.Query.Nearest(vector.tolist())
+        if len(excluded) <= _FILTER_MAX_EXCLUDED:
+            must_not: list[q.HasIdCondition] | None = [q.HasIdCondition(excluded)] if excluded else None  # type: ignore[arg-type]
+            found = self._query(query, k, q.Filter(must=must, must_not=must_not))  # type: ignore[arg-type]
+            return [hit_from(p.payload or {}, p.score) for p in found]
+        # Thousands of excluded ids: turning them into a filter costs more than the search (~2 ms for 2,000
+        # UUIDs), so fetch a few more than k and drop the excluded, widening until k remain or nothing is left.
+        limit = k + _OVERFETCH
+        while True:
+            found = self._query(query, limit, q.Filter(must=must))  # type: ignore[arg-type]
+            kept = [p for p in found if str(p.id) not in excluded]
+            if len(kept) >= k or len(found) < limit or limit >= k + len(excluded):
+                return [hit_from(p.payload or {}, p.score) for p in kept[:k]]
+            limit = min(limit * 4, k + len(excluded))
+
+    def _query(self, query: q.Query, limit: int, where: q.Filter) -> list[q.ScoredPoint]:
+        ef = self.hnsw_ef
+        params = q.SearchParams(exact=True) if ef is None else q.SearchParams(hnsw_ef=max(ef, limit))
+        return self.items.query(q.QueryRequest(limit=limit, query=query, filter=where, with_payload=True,
+                                               params=params))
+
+    def unindexed_items(self) -> int:
+        """Item points not in the vector index yet (searched by brute force)."""
+        info = self.items.info()
+        return max(0, info.points_count - info.indexed_vectors_count)
+
+    def optimize(self, min_unindexed: int = 1) -> bool:
+        """Build the vector (HNSW) index over the items written since the last call, when at least
+        ``min_unindexed`` of them are not indexed yet. qdrant-edge does this only when asked, and its
+        ``optimize()`` holds the GIL until done (about a minute for 100k 128-dim items on 2 cores), so call it
+        where the process may pause: before serving, after a bulk load; returns whether it ran."""
+        unindexed = self.unindexed_items()
+        if unindexed < max(1, min_unindexed):
+            return False
+        started = time.perf_counter()
+        self.items.optimize()
+        log.info("indexed %d item vectors in %.1f s", unindexed, time.perf_counter() - started)
+        return True
 
     def count_items(self) -> int:
         return self.items.info().points_count

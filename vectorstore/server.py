@@ -13,6 +13,7 @@ from vectorstore.base import (
     ItemPoint,
     UserPoint,
     VectorStore,
+    excluded_point_ids,
     hit_from,
     item_from,
     item_payload,
@@ -22,6 +23,8 @@ from vectorstore.base import (
     user_point_id,
 )
 from vectorstore.errors import DimensionMismatch
+
+_MAX_TYPES = 10_000
 
 
 class ServerStore(VectorStore):
@@ -34,6 +37,7 @@ class ServerStore(VectorStore):
     """
 
     def __init__(self, location: str, prefix: str = "gfm", api_key: str | None = None) -> None:
+        super().__init__()
         if location == ":memory:":
             self.client = QdrantClient(location=":memory:")
         else:
@@ -60,6 +64,11 @@ class ServerStore(VectorStore):
                 [m.PointStruct(id=item_point_id(p.item_id), vector=p.vector.tolist(), payload=item_payload(p))
                  for p in points],
             )
+            self._remember_types(points)
+
+    def _read_item_types(self) -> list[str]:
+        facet = self.client.facet(self.items, "item_type", limit=_MAX_TYPES, exact=True)
+        return [str(hit.value) for hit in facet.hits]
 
     def upsert_users(self, points: Sequence[UserPoint]) -> None:
         if points:
@@ -78,12 +87,13 @@ class ServerStore(VectorStore):
         return user_from(found[0].payload or {}, found[0].vector) if found else None  # type: ignore[arg-type]
 
     def search(
-        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = ()
+        self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = (),
+        exclude_points: Iterable[str] = (),
     ) -> list[Hit]:
         must: list[m.Condition] = (
             [m.FieldCondition(key="item_type", match=m.MatchValue(value=item_type))] if item_type else []
         )
-        excluded: list[m.ExtendedPointId] = [item_point_id(i) for i in exclude]
+        excluded: list[m.ExtendedPointId] = list(excluded_point_ids(exclude, exclude_points))
         must_not: list[m.Condition] = [m.HasIdCondition(has_id=excluded)] if excluded else []
         result = self.client.query_points(
             self.items,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from monitoring.page import MetricsHistory
+    from vectorstore.api import EventSink as ApiSink
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def build_store(settings: Settings) -> VectorStore:
         return ServerStore(settings.qdrant.url, settings.qdrant.collection_prefix, settings.qdrant.api_key)
     from vectorstore.edge import EdgeStore
 
-    return EdgeStore(settings.qdrant.path)
+    return EdgeStore(settings.qdrant.path, hnsw_ef=settings.qdrant.hnsw_ef)
 
 
 def build_encoder(settings: Settings, progress: bool = False) -> TextEncoder:
@@ -133,12 +135,22 @@ def attach_monitoring(app: FastAPI, settings: Settings, registry: CollectorRegis
     return history.start()
 
 
+def build_api(settings: Settings, store: VectorStore, sink: ApiSink | None, registry: CollectorRegistry,
+              health: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    """The HTTP API with the bounds of ``settings.api``."""
+    from vectorstore.api import ApiLimits, create_api
+
+    api = settings.api
+    limits = ApiLimits(max_k=api.max_k, max_body_bytes=api.max_body_bytes, max_batch=api.max_batch, ts_min=api.ts_min,
+                       ts_future_s=api.ts_future_s, ingest_threads=api.ingest_threads,
+                       ingest_in_flight=api.ingest_in_flight)
+    return create_api(store, sink, registry, health=health, limits=limits)
+
+
 def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     """Run the query API (blocks). With the embedded store, the refresher runs in this process too, since a
     qdrant-edge shard can be opened by one process only."""
     import uvicorn
-
-    from vectorstore.api import create_api
 
     registry = CollectorRegistry()
     store = build_store(settings)
@@ -149,8 +161,9 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     producer = make_producer(settings.kafka)
     sink = EventSink(producer, settings.kafka)
 
-    app = create_api(store, sink, registry, settings.api.max_k, loop.health if loop is not None else None)
+    app = build_api(settings, store, sink, registry, loop.health if loop is not None else None)
     dashboard = attach_monitoring(app, settings, registry, store, separate_refresher=loop is None)
+    store.optimize(settings.qdrant.index_min_unindexed)  # before serving: qdrant-edge's indexing holds the GIL
     try:
         uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning")
     finally:

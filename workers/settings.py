@@ -36,6 +36,11 @@ class QdrantSettings(BaseModel):
     api_key: str | None = None
     path: Path = Path("var/qdrant")
     collection_prefix: str = "gfm"
+    hnsw_ef: int | None = Field(
+        256, ge=1, description="embedded store: HNSW search breadth (recall against speed); None: exact search")
+    index_min_unindexed: int = Field(
+        20_000, ge=1, description="embedded store: build the vector index before the API serves when at least "
+        "this many items are unindexed (it pauses the process: ~1 min for 100k items)")
 
 
 class StreamSettings(BaseModel):
@@ -81,11 +86,17 @@ class RefresherSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    """The query API."""
+    """The query API and its bounds on requests (see ``vectorstore.api.ApiLimits``)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
-    max_k: int = 200
+    max_k: int = Field(200, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1, description="largest request body; 413 beyond")
+    max_batch: int = Field(1000, ge=1, description="most events per POST /events; 413 beyond")
+    ts_min: float = Field(946_684_800.0, description="earliest event time accepted (2000-01-01, unix seconds)")
+    ts_future_s: float = Field(86_400.0, ge=0, description="how far past now an event time may be")
+    ingest_threads: int = Field(2, ge=1, description="threads that decode and send posted events")
+    ingest_in_flight: int = Field(32, ge=1, description="most POST /events in progress; 503 beyond")
     dashboard_sources: list[str] | None = None
     """The other services' /metrics URLs that /dashboard reads; by default the stream worker's (and the
     refresher's, when it runs apart) on 127.0.0.1."""

@@ -44,6 +44,7 @@ def test_same_calls_same_results(stores):
             "count": store.count_items(),
             "user": (got.user_id, got.consumed, got.counts, got.event_ts),
             "item": (store.get_item("i5").title, store.get_item("i5").model_version, store.get_item("zz")),
+            "types": (store.item_types(), store.has_item_type("show"), store.has_item_type("film")),
             "searches": [],
         }
         for query in [got.vector, *queries]:
@@ -55,10 +56,33 @@ def test_same_calls_same_results(stores):
     assert edge["count"] == server["count"] == 300
     assert edge["user"] == server["user"]
     assert edge["item"] == server["item"] == ("renamed", "v2", None)
+    assert edge["types"] == server["types"] == (frozenset({"podcast", "audiobook", "show"}), True, False)
     assert edge["searches"] == server["searches"]
     consumed = set(user.consumed)
     for hits in edge["searches"]:
         assert not consumed & {h[0] for h in hits}
+
+
+def test_excluding_many_items_gives_the_same_answers(stores):
+    """Past 64 excluded ids the embedded store drops them from a widened result instead of filtering; a user
+    who consumed the 150 items nearest their vector gets what the server's filter gives."""
+    rng = np.random.default_rng(4)
+    points = _points(rng)
+    query = points[7].vector
+    nearest = sorted(points, key=lambda p: -float(p.vector @ query / np.linalg.norm(p.vector)))
+    consumed = [p.item_id for p in nearest[:150]]
+    answers = []
+    for store in stores:
+        store.ensure(16)
+        store.upsert_items(points)
+        store.upsert_users([UserPoint("u", query, "v1", 1.0, 2.0, consumed, {})])
+        user = store.get_user("u")
+        answers.append([[(h.item_id, round(h.score, 4)) for h in store.search(query, k, item_type=t,
+                                                                              exclude_points=user.excluded_points())]
+                        for k in (1, 10, 200) for t in (None, "podcast")])
+    assert answers[0] == answers[1]
+    assert len(answers[0][4]) == 150  # k=200 of all types: everything not consumed
+    assert not set(consumed) & {item for hits in answers[0] for item, _ in hits}
 
 
 def test_types_filter_and_exclusion_happen_inside_the_query(stores):
@@ -82,6 +106,7 @@ def test_reopening_the_edge_store_keeps_points_and_checks_dimensions(tmp_path):
     again = EdgeStore(tmp_path)
     again.ensure(16)
     assert again.count_items() == 5
+    assert again.item_types() == {"podcast", "audiobook", "show"}  # read back from the shard, not remembered
     again.close()
     with pytest.raises(DimensionMismatch, match="16-dim"):
         EdgeStore(tmp_path).ensure(32)

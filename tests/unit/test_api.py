@@ -1,13 +1,22 @@
+import asyncio
+import json
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from qdrant_client import models
 
-from vectorstore.api import create_api
+from vectorstore.api import ApiLimits, BodyLimit, create_api
 from vectorstore.base import ItemPoint, UserPoint
 from vectorstore.server import ServerStore
+from workers.services import build_api
 
 
 class ListSink:
@@ -122,3 +131,162 @@ def test_health_metrics_and_openapi(client):
 def test_unhealthy_refresher_makes_healthz_503(store, sink):
     client = TestClient(create_api(store, sink, CollectorRegistry(), health=lambda: {"ok": False}))
     assert client.get("/healthz").status_code == 503
+
+
+# --- limits and hostile input (issue 8) ---
+
+GOOD = {"user_id": "u9", "item_id": "p1", "item_type": "podcast"}
+
+
+def _client(store, sink=None, **limits):
+    return TestClient(create_api(store, sink or ListSink(), CollectorRegistry(), limits=ApiLimits(**limits)))
+
+
+def test_a_declared_oversized_body_is_refused_before_reading_it():
+    """The middleware answers 413 from the headers alone: it never calls ``receive``."""
+    sent = []
+
+    async def receive():
+        raise AssertionError("the body was read")
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app was called")
+
+    scope = {"type": "http", "method": "POST", "path": "/events",
+             "headers": [(b"content-length", str(10 * 2**30).encode())]}
+    asyncio.run(BodyLimit(app, max_bytes=1000)(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert "declared 10737418240 bytes" in json.loads(sent[1]["body"])["detail"]
+
+
+def test_body_and_batch_limits_are_413_with_a_message(store, sink):
+    client = _client(store, sink, max_body_bytes=10_000, max_batch=5)
+    response = client.post("/events", content=b"[" + b" " * 20_000 + b"]")
+    assert response.status_code == 413 and "limit is 10000 bytes" in response.json()["detail"]
+    chunked = client.post("/events", content=iter([b"[", b" " * 20_000, b"]"]))  # no Content-Length
+    assert chunked.status_code == 413
+    response = client.post("/events", json=[GOOD] * 6)
+    assert response.status_code == 413 and response.json()["detail"] == "batch of 6 events; at most 5 per request"
+    assert client.post("/events", json=[GOOD] * 5).status_code == 202
+    assert len(sink.events) == 5
+
+
+def test_unknown_fields_are_rejected_by_name(client, sink):
+    response = client.post("/events", json=[GOOD, {**GOOD, "rating": 5, "userid": "x"}])
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "event 1: unknown fields 'rating', 'userid'" in detail and "user_id" in detail
+    assert sink.events == []
+
+
+def test_ts_must_lie_in_the_live_window(client, sink):
+    now = time.time()
+    for ts in (946_684_799.0, now + 86_400 + 60, 1e300, 1e18):
+        response = client.post("/events", json={**GOOD, "ts": ts})
+        assert response.status_code == 422, ts
+        assert "ts=" in response.json()["detail"] and "2000-01-01T00:00:00Z" in response.json()["detail"]
+    assert client.post("/events", json={**GOOD, "ts": now + 3600}).status_code == 202
+    assert client.post("/events", json={**GOOD, "ts": 946_684_800.0}).status_code == 202
+    assert len(sink.events) == 2
+
+
+def test_errors_never_echo_a_huge_value(store, sink):
+    client = _client(store, sink, max_body_bytes=20 * 2**20)
+    huge = "x" * 5_000_000
+    for bad in ({**GOOD, "item_type": huge}, {**GOOD, "user_id": huge}, {**GOOD, "kind": huge},
+                {**GOOD, huge: 1}, [GOOD, huge]):
+        response = client.post("/events", json=bad)
+        assert response.status_code == 422 and len(response.content) < 2000, len(response.content)
+    response = client.get(f"/users/{'y' * 50_000}/recommendations")
+    assert response.status_code == 404 and len(response.content) < 500
+    response = client.get("/users/u1/recommendations", params={"k": "9" * 50_000})
+    assert response.status_code == 422 and len(response.content) < 2000
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"", b"null", b"5", b'"a string"', b"[]", b"[[]]", b"\xff\xfe\x00", b'{"user_id": "\xed\xa0\x80"}',
+    b'{"user_id": "\\ud800", "item_id": "p1", "item_type": "podcast"}',
+    b'{"user_id": "u", "item_id": "\\udfff\\ud800", "item_type": "podcast", "event_id": "\\ud83d"}',
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ts": NaN}',
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ts": Infinity}',
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ts": 1e999}',
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ms_played": 1e999}',
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ms_played": ' + b"9" * 5000 + b"}",
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"user_id": {"nested": [1, 2]}, "item_id": true, "item_type": null}',
+])
+def test_invalid_json_of_any_kind_is_a_4xx(client, sink, body):
+    response = client.post("/events", content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert response.json()["detail"]
+    assert sink.events == []
+
+
+@given(st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+                    max_leaves=20))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_json_value_is_accepted_or_a_4xx_never_a_5xx(client, value):
+    body = json.dumps(value).encode()  # json.dumps writes surrogates as \\u escapes, NaN as NaN
+    assert client.post("/events", content=body).status_code in (202, 400, 413, 422)
+
+
+def test_unknown_item_type_is_404_listing_the_known_ones(client):
+    for path in ("/users/u1/recommendations", "/items/p1/similar"):
+        response = client.get(path, params={"type": "film"})
+        assert response.status_code == 404
+        assert response.json()["detail"] == "unknown item type 'film'; the store holds: audiobook, podcast"
+        assert client.get(path, params={"type": "audiobook"}).status_code == 200
+
+
+def test_a_type_written_by_another_process_is_found_after_the_refresh_interval(store):
+    store.item_types()
+    store.client.upsert(store.items, [models.PointStruct(id=str(uuid.uuid4()), vector=[0, 0, 1],
+                                                         payload={"item_id": "f1", "item_type": "film"})])
+    store.types_refresh_s = 3600.0
+    assert not store.has_item_type("film")  # a miss does not re-read the store more than once per interval
+    store.types_refresh_s = 0.0
+    assert store.has_item_type("film") and "film" in store.item_types()
+
+
+def test_ingestion_beyond_its_bound_is_503_and_leaves_queries_alone(store):
+    """Posts whose Kafka send hangs hold the ingest pool only: one more is 503 at once, queries still answer."""
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    class HangingSink(ListSink):
+        def send(self, events, wait=True):
+            entered.release()
+            release.wait(10)
+            super().send(events)
+
+    sink = HangingSink()
+    client = _client(store, sink, ingest_threads=2, ingest_in_flight=2)
+    with ThreadPoolExecutor(4) as pool:
+        posts = [pool.submit(client.post, "/events", json=GOOD) for _ in range(2)]
+        assert entered.acquire(timeout=5) and entered.acquire(timeout=5)
+        busy = client.post("/events", json=GOOD)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+        started = time.perf_counter()
+        for _ in range(20):
+            assert client.get("/users/u1/recommendations").status_code == 200
+        assert time.perf_counter() - started < 2
+        release.set()
+        assert [p.result().status_code for p in posts] == [202, 202]
+    assert len(sink.events) == 2
+
+
+def test_limits_are_checked_and_come_from_the_settings():
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        ApiLimits(max_batch=0)
+    from workers.settings import Settings
+
+    settings = Settings(api={"max_batch": 7, "max_body_bytes": 2048})
+    app = build_api(settings, ServerStore(":memory:"), ListSink(), CollectorRegistry())
+    client = TestClient(app)
+    assert "at most 7 per request" in client.post("/events", json=[GOOD] * 8).json()["detail"]
+    assert client.post("/events", content=b" " * 4096).status_code == 413

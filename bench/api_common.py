@@ -1,0 +1,225 @@
+"""Shared parts of the API benchmarks: a seeded embedded store, the real API served by uvicorn in a child
+process on loopback (optionally with a real tansu broker behind POST /events), and a bounded asyncio client
+that records every request's latency and status.
+
+Run as a script it is that child: ``python bench/api_common.py serve --store DIR --port P [--bootstrap B]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPES = ("podcast", "audiobook")
+
+
+def seed_store(path: Path, n_items: int, dim: int, n_users: int, consumed: int, seed: int = 0,
+               recent: int | None = None) -> None:
+    """Fill an embedded store under ``path``: ``n_items`` random unit vectors alternating between two types,
+    ``n_users`` users who each consumed ``consumed`` random items. A user's vector is random, or with
+    ``recent`` the mean of their last ``recent`` items, as the text-propagation model makes it (so that what
+    they consumed crowds the top of their ranking, the hard case for excluding it)."""
+    from vectorstore.base import ItemPoint, UserPoint
+    from vectorstore.edge import EdgeStore
+
+    rng = np.random.default_rng(seed)
+    store = EdgeStore(path)
+    store.ensure(dim)
+    now = time.time()
+    vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for start in range(0, n_items, 5000):
+        store.upsert_items([ItemPoint(f"i{k}", TYPES[k % 2], f"item {k}", vectors[k], "bench", now)
+                            for k in range(start, min(n_items, start + 5000))])
+    users = []
+    for u in range(n_users):
+        chosen = rng.choice(n_items, size=min(consumed, n_items), replace=False)
+        vector = vectors[chosen[-recent:]].mean(axis=0) if recent else rng.normal(size=dim).astype(np.float32)
+        eaten = [f"i{k}" for k in chosen]
+        users.append(UserPoint(f"u{u}", vector / np.linalg.norm(vector), "bench", now, now, eaten,
+                               {t: len(eaten) // 2 for t in TYPES}))
+    for start in range(0, n_users, 100):
+        store.upsert_users(users[start : start + 100])
+    store.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def broker() -> Iterator[str]:
+    """A tansu broker on a free loopback port with the project's topics; yields its bootstrap address."""
+    from workers.kafka_io import ensure_topics
+    from workers.settings import KafkaSettings
+    from workers.stack import start_broker
+
+    bootstrap = f"127.0.0.1:{free_port()}"
+    with tempfile.TemporaryDirectory() as logs:
+        process = start_broker(bootstrap, Path(logs) / "broker.log")
+        try:
+            ensure_topics(KafkaSettings(bootstrap=bootstrap, partitions=4))
+            yield bootstrap
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+@contextlib.contextmanager
+def served(store: Path, bootstrap: str | None = None, extra: tuple[str, ...] = (),
+           pythonpath: Path = ROOT) -> Iterator[str]:
+    """The API in a child process on a free loopback port; yields its base URL. ``pythonpath`` picks the code
+    under test (another checkout measures the code before a change)."""
+    port = free_port()
+    args = [sys.executable, str(Path(__file__).resolve()), "serve", "--store", str(store), "--port", str(port)]
+    if bootstrap:
+        args += ["--bootstrap", bootstrap]
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    process = subprocess.Popen([*args, *extra], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the API process exited with {process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the API did not answer within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Record:
+    """Latencies (seconds) and status counts of one kind of request."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+    server_error_samples: list[str] = field(default_factory=list)
+
+    def add(self, seconds: float, status: int, text: str = "") -> None:
+        self.latencies.append(seconds)
+        self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+        if status >= 500 and len(self.server_error_samples) < 5:
+            self.server_error_samples.append(f"{status} {text[:200]}")
+
+    def summary(self, wall_s: float) -> dict[str, Any]:
+        lat = np.asarray(self.latencies) * 1000
+        return {
+            "requests": len(self.latencies),
+            "requests_per_s": round(len(self.latencies) / wall_s, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+            "max_ms": round(float(lat.max()), 2) if len(lat) else None,
+            "statuses": dict(sorted(self.statuses.items())),
+            "server_errors": sum(n for s, n in self.statuses.items() if s.startswith("5")),
+            "connection_errors": self.errors,
+            "server_error_samples": self.server_error_samples,
+        }
+
+
+Request = Callable[[httpx.AsyncClient, random.Random], Awaitable[httpx.Response]]
+
+
+async def drive(url: str, workers: dict[str, tuple[int, Request]], duration_s: float, max_requests: int,
+                seed: int = 0) -> tuple[dict[str, Record], float]:
+    """Run ``count`` concurrent clients per named request maker for ``duration_s`` or until ``max_requests`` in
+    all, each on its own keep-alive connection; returns the records by name and the wall time."""
+    records = {name: Record() for name in workers}
+    done = 0
+    deadline = time.monotonic() + duration_s
+
+    async def client(name: str, make: Request, rng: random.Random) -> None:
+        nonlocal done
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            while time.monotonic() < deadline and done < max_requests:
+                started = time.perf_counter()
+                try:
+                    response = await make(http, rng)
+                except httpx.HTTPError:
+                    records[name].errors += 1
+                    continue
+                records[name].add(time.perf_counter() - started, response.status_code,
+                                  response.text if response.status_code >= 500 else "")
+                done += 1
+
+    started = time.monotonic()
+    tasks = [client(name, make, random.Random(seed * 1000 + n * 100 + i))
+             for n, (name, (count, make)) in enumerate(workers.items()) for i in range(count)]
+    await asyncio.gather(*tasks)
+    return records, time.monotonic() - started
+
+
+def _serve(argv: list[str]) -> None:
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from vectorstore.edge import EdgeStore
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--bootstrap", default=None)
+    args = parser.parse_args(argv)
+    store = EdgeStore(args.store)
+    store.ensure(int((args.store / "items.dim").read_text()))
+    sink = producer = None
+    if args.bootstrap:
+        from workers.kafka_io import EventSink, make_producer
+        from workers.settings import KafkaSettings
+
+        kafka = KafkaSettings(bootstrap=args.bootstrap, partitions=4)
+        producer = make_producer(kafka)
+        sink = EventSink(producer, kafka)
+    registry = CollectorRegistry()
+    try:
+        from workers.services import build_api
+        from workers.settings import Settings
+
+        app = build_api(Settings(), store, sink, registry)
+    except ImportError:  # a checkout from before the API's limits: its create_api with its defaults
+        from vectorstore.api import create_api
+
+        app = create_api(store, sink, registry)
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    finally:
+        if producer is not None:
+            producer.close()
+        store.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["serve"]:
+        raise SystemExit("usage: python bench/api_common.py serve --store DIR --port P [--bootstrap HOST:PORT]")
+    _serve(sys.argv[2:])
