@@ -421,9 +421,13 @@ def create_api(
     @app.get("/healthz", responses={503: {"description": "the in-process refresher died"}})
     def healthz() -> JSONResponse:
         """Liveness and what the store holds."""
-        facts: dict[str, Any] = {"ok": True, "items": store.count_items()}
+        facts: dict[str, Any] = {"ok": True}
         if health is not None:
             facts.update(health())
+        try:
+            facts["items"] = store.count_items()
+        except Exception as error:  # the store is down: say so, do not fail the probe itself
+            facts.update(ok=False, status="degraded", items=None, store_error=repr(error)[:300])
         return JSONResponse(facts, status_code=200 if facts["ok"] else 503)
 
     @app.get("/metrics", response_class=Response,

@@ -290,3 +290,15 @@ def test_limits_are_checked_and_come_from_the_settings():
     client = TestClient(app)
     assert "at most 7 per request" in client.post("/events", json=[GOOD] * 8).json()["detail"]
     assert client.post("/events", content=b" " * 4096).status_code == 413
+
+
+def test_healthz_says_degraded_when_the_store_is_down(store, sink):
+    class DownStore(type(store)):
+        def count_items(self):
+            raise ConnectionError("store unreachable")
+
+    down = DownStore.__new__(DownStore)
+    down.__dict__.update(store.__dict__)
+    response = TestClient(create_api(down, sink, CollectorRegistry())).get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "degraded" and "store unreachable" in response.json()["store_error"]
