@@ -37,7 +37,7 @@ class HGNNConfig:
 
     hidden: int = 256
     out: int = 128
-    epochs: int = 30
+    epochs: int = 10
     edges_per_relation: int = 20_000
     """Cap on the balanced sample per relation and epoch."""
     batch_edges: int = 4096
@@ -45,8 +45,11 @@ class HGNNConfig:
     weight_decay: float = 1e-5
     temperature: float = 0.1
     negatives: int = 4
-    text_skip: bool = False
-    """Add a linear projection of the text to the output (off in the committed reports; see the README)."""
+    """Uniform negatives of the destination type per edge."""
+    in_batch: bool = True
+    """Also contrast each edge with the other destinations of its batch (mixed negatives, Yang et al. 2020)."""
+    text_skip: bool = True
+    """Add a linear projection of the text to the output, so the graph adds to the text."""
     seed: int = 0
 
 
@@ -145,6 +148,13 @@ class TypedGraph:
             out[(ta, rel, tb)] = torch.sparse_coo_tensor(matrix.indices(), normalised, (n_d, n_s)).to_sparse_csr()
         return out
 
+    def weighted_degree(self, n_items: int) -> np.ndarray:
+        """Per item (global order), the sum of the weights of the edges into it: its popularity in the graph."""
+        out = np.zeros(n_items, dtype=np.float64)
+        for (_, _, tb), (_, d, w) in self.edges.items():
+            np.add.at(out, self.members[tb][d], w)
+        return out.astype(np.float32)
+
     def features(self, text: np.ndarray) -> dict[str, Tensor]:
         """Per type, the text features of its items."""
         return {t: torch.from_numpy(text[index]).float() for t, index in self.members.items()}
@@ -192,10 +202,18 @@ def train_hgnn(graph: TypedGraph, text: np.ndarray, config: HGNNConfig, device: 
             zd = z[dst_t][torch.from_numpy(d[chunk]).to(device)]  # (B, D)
             neg = torch.randint(0, len(graph.members[dst_t]), (len(chunk), config.negatives), device=device)
             zn = z[dst_t][neg]  # (B, K, D)
-            pos_logit = (zs * zd).sum(-1, keepdim=True) / config.temperature  # (B, 1)
             neg_logit = torch.einsum("bd,bkd->bk", zs, zn) / config.temperature  # (B, K)
+            if config.in_batch:  # column b of the (B, B) block is edge b's positive, the others its negatives
+                dst = torch.from_numpy(d[chunk]).to(device)
+                pos_logit = zs @ zd.T / config.temperature
+                repeat = (dst[:, None] == dst[None, :]) & ~torch.eye(len(chunk), dtype=torch.bool, device=device)
+                pos_logit = pos_logit.masked_fill(repeat, -1e9)
+                labels = torch.arange(len(chunk), device=device)
+            else:
+                pos_logit = (zs * zd).sum(-1, keepdim=True) / config.temperature  # (B, 1)
+                labels = torch.zeros(len(chunk), dtype=torch.long, device=device)
             logits = torch.cat([pos_logit, neg_logit], 1)
-            loss = nn.functional.cross_entropy(logits, torch.zeros(len(chunk), dtype=torch.long, device=device))
+            loss = nn.functional.cross_entropy(logits, labels)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -81,3 +81,47 @@ def test_trained_model_serves_through_the_refresher(dataset, tmp_path):
     assert np.isclose(np.linalg.norm(user.vector), 1.0, atol=1e-5)
     hits = store.search(user.vector, 5, item_type="podcast", exclude=user.consumed)
     assert len(hits) == 5 and "p0000" not in {h.item_id for h in hits}
+
+
+def write_planted(folder, items_per_type: int = 30, users: int = 400, length: int = 8, seed: int = 3):
+    """Items of two types on one hidden cycle (a random order of all items); every user walks ``length + 1``
+    consecutive items of it from a random start; the last is held out. Titles are random, so only the walks
+    say what comes next: the held-out item is planted right after the user's last training item."""
+    rng = np.random.default_rng(seed)
+    ids = [f"{t[0]}{n:03d}" for t in ("podcast", "audiobook") for n in range(items_per_type)]
+    cycle = [ids[k] for k in rng.permutation(len(ids))]
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "items.tsv").open("w") as out:
+        out.write("item_id\titem_type\ttitle\ttext\n")
+        for item_id in ids:
+            kind = "podcast" if item_id[0] == "p" else "audiobook"
+            out.write(f"{item_id}\t{kind}\ttitle {rng.integers(10**6)}\t\n")
+    events, holdout = [], []
+    for u in range(users):
+        start = int(rng.integers(len(cycle)))
+        walk = [cycle[(start + k) % len(cycle)] for k in range(length + 1)]
+        t0 = 1_000_000 + u
+        events += [(t0 + 1000 * k, f"u{u}", item) for k, item in enumerate(walk[:-1])]
+        holdout.append((f"u{u}", walk[-1]))
+    with (folder / "events.tsv").open("w") as out:
+        out.write("user_id\titem_id\tts\n")
+        out.writelines(f"{user}\t{item}\t{ts}\n" for ts, user, item in sorted(events))
+    with (folder / "holdout.tsv").open("w") as out:
+        out.write("user_id\titem_id\tsplit\n")
+        out.writelines(f"{user}\t{item}\ttest\n" for user, item in holdout)
+    return folder
+
+
+def test_trained_model_ranks_a_planted_next_item_above_chance(tmp_path):
+    split = load_split(write_planted(tmp_path / "planted"))
+    config = TrainConfig(hgnn=HGNNConfig(hidden=32, out=16, epochs=5, batch_edges=256),
+                         two_tower=TwoTowerConfig(dim=32, hidden=64, epochs=15, batch=128, lr=3e-3,
+                                                  temperature=0.1))
+    rows = {row.model: row for row in run_evaluation(split, HashingEncoder(64), config, ("popularity", "2t_hgnn"))}
+    for result in rows["2t_hgnn"].results:
+        candidates = len(split.items_of(result.item_type)) - 8  # at most 8 of them excluded as history
+        chance = 10 / candidates
+        assert result.users > 150
+        assert result.hr10 > 2 * chance, (result, chance)
+        popularity = next(r for r in rows["popularity"].results if r.item_type == result.item_type)
+        assert result.hr10 > popularity.hr10 + 0.2
