@@ -37,10 +37,11 @@ class HGNNConfig:
 
     hidden: int = 256
     out: int = 128
-    epochs: int = 10
+    epochs: int = 30
     edges_per_relation: int = 20_000
     """Cap on the balanced sample per relation and epoch."""
     batch_edges: int = 4096
+    """Edges per relation and step; one step (one full-graph forward) takes a chunk of every relation."""
     lr: float = 5e-3
     weight_decay: float = 1e-5
     temperature: float = 0.1
@@ -188,39 +189,44 @@ def train_hgnn(graph: TypedGraph, text: np.ndarray, config: HGNNConfig, device: 
     losses = []
     for epoch in range(config.epochs):
         picked = balanced_edges(graph, config.edges_per_relation, rng)
-        batches = [(et, chunk) for et, positions in picked.items()
-                   for chunk in np.array_split(rng.permutation(positions),
-                                               max(1, len(positions) // config.batch_edges))]
-        order = rng.permutation(len(batches))
+        # one step takes a chunk of every relation: the full-graph forward, the costly part, serves them all
+        steps = max(1, min(len(p) for p in picked.values()) // config.batch_edges)
+        chunks = {et: np.array_split(rng.permutation(positions), steps) for et, positions in picked.items()}
         total = 0.0
-        for b in order:
-            et, chunk = batches[b]
-            src_t, _, dst_t = et
-            s, d, _ = graph.edges[et]
+        for step in range(steps):
             z = model(x, adj)
-            zs = z[src_t][torch.from_numpy(s[chunk]).to(device)]  # (B, D)
-            zd = z[dst_t][torch.from_numpy(d[chunk]).to(device)]  # (B, D)
-            neg = torch.randint(0, len(graph.members[dst_t]), (len(chunk), config.negatives), device=device)
-            zn = z[dst_t][neg]  # (B, K, D)
-            neg_logit = torch.einsum("bd,bkd->bk", zs, zn) / config.temperature  # (B, K)
-            if config.in_batch:  # column b of the (B, B) block is edge b's positive, the others its negatives
-                dst = torch.from_numpy(d[chunk]).to(device)
-                pos_logit = zs @ zd.T / config.temperature
-                repeat = (dst[:, None] == dst[None, :]) & ~torch.eye(len(chunk), dtype=torch.bool, device=device)
-                pos_logit = pos_logit.masked_fill(repeat, -1e9)
-                labels = torch.arange(len(chunk), device=device)
-            else:
-                pos_logit = (zs * zd).sum(-1, keepdim=True) / config.temperature  # (B, 1)
-                labels = torch.zeros(len(chunk), dtype=torch.long, device=device)
-            logits = torch.cat([pos_logit, neg_logit], 1)
-            loss = nn.functional.cross_entropy(logits, labels)
+            loss = sum((_link_loss(z, graph, et, chunks[et][step], config, device) for et in chunks),
+                       torch.zeros((), device=device)) / len(chunks)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item()
+        batches = range(steps)
         losses.append(total / max(1, len(batches)))
         log.info("hgnn epoch %d: loss %.4f", epoch, losses[-1])
     return model, losses
+
+
+def _link_loss(z: dict[str, Tensor], graph: TypedGraph, et: EdgeType, chunk: np.ndarray, config: HGNNConfig,
+               device: torch.device) -> Tensor:
+    """Softmax loss of the edges ``chunk`` of relation ``et`` against uniform negatives of the destination type
+    and, with ``in_batch``, the chunk's other destinations."""
+    src_t, _, dst_t = et
+    s, d, _ = graph.edges[et]
+    zs = z[src_t][torch.from_numpy(s[chunk]).to(device)]  # (B, D)
+    zd = z[dst_t][torch.from_numpy(d[chunk]).to(device)]  # (B, D)
+    neg = torch.randint(0, len(graph.members[dst_t]), (len(chunk), config.negatives), device=device)
+    neg_logit = torch.einsum("bd,bkd->bk", zs, z[dst_t][neg]) / config.temperature  # (B, K)
+    if config.in_batch:  # column b of the (B, B) block is edge b's positive, the others its negatives
+        dst = torch.from_numpy(d[chunk]).to(device)
+        pos_logit = zs @ zd.T / config.temperature
+        repeat = (dst[:, None] == dst[None, :]) & ~torch.eye(len(chunk), dtype=torch.bool, device=device)
+        pos_logit = pos_logit.masked_fill(repeat, -1e9)
+        labels = torch.arange(len(chunk), device=device)
+    else:
+        pos_logit = (zs * zd).sum(-1, keepdim=True) / config.temperature  # (B, 1)
+        labels = torch.zeros(len(chunk), dtype=torch.long, device=device)
+    return nn.functional.cross_entropy(torch.cat([pos_logit, neg_logit], 1), labels)
 
 
 @torch.no_grad()

@@ -36,10 +36,11 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-no_user_text": ({}, {"user_text": False}),
     "2t_hgnn-no_last_item": ({}, {"last_item": False}),
     "2t_hgnn-no_item_degree": ({}, {"item_degree": False}),
+    "2t_hgnn-no_type_softmax": ({}, {"type_softmax": False}),
     "2t_hgnn-no_in_batch": ({"in_batch": False}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-all_off": ({"in_batch": False, "text_skip": False},
-                        {"user_text": False, "last_item": False, "item_degree": False}),
+                        {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False}),
 }
 """Ablation rows: the unified 2T-HGNN with one lever off (HGNN config changes, two-tower config changes)."""
 SEEDED = ("2t_hgnn", "2t_no_gnn")

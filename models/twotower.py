@@ -34,8 +34,8 @@ class TwoTowerConfig:
     hidden: int = 512
     history: int = 50
     """Items per type the user tower reads (the stream's ``history_per_type``)."""
-    examples_per_user: int = 50
-    epochs: int = 8
+    examples_per_user: int = 30
+    epochs: int = 5
     batch: int = 1024
     lr: float = 1e-3
     weight_decay: float = 1e-6
@@ -46,6 +46,8 @@ class TwoTowerConfig:
     """User tower reads the last item's features (order)."""
     item_degree: bool = True
     """Item tower reads the item's weighted degree in the co-interaction graph (popularity)."""
+    type_softmax: bool = True
+    """Each example's softmax runs over the in-batch items of its target's type, as ranking is within a type."""
     seed: int = 0
 
 
@@ -205,7 +207,11 @@ def train_two_tower(
             v = model.items(emb_t[items], text_t[items], type_t[items], degree_t[items])  # (B, D)
             logits = u @ v.T / config.temperature - log_q[items][None, :]  # (B, B)
             same = items[:, None] == items[None, :]
-            logits = logits.masked_fill(same & ~torch.eye(len(items), dtype=torch.bool, device=device), -1e9)
+            drop = same & ~torch.eye(len(items), dtype=torch.bool, device=device)
+            if config.type_softmax:
+                kinds = type_t[items]
+                drop |= kinds[:, None] != kinds[None, :]
+            logits = logits.masked_fill(drop, -1e9)
             loss = nn.functional.cross_entropy(logits, torch.arange(len(items), device=device))
             optimiser.zero_grad()
             loss.backward()
