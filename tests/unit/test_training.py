@@ -125,3 +125,48 @@ def test_trained_model_ranks_a_planted_next_item_above_chance(tmp_path):
         assert result.hr10 > 2 * chance, (result, chance)
         popularity = next(r for r in rows["popularity"].results if r.item_type == result.item_type)
         assert result.hr10 > popularity.hr10 + 0.2
+
+
+def test_served_model_computes_what_the_evaluation_computed(tmp_path):
+    """Item and user vectors from the refresher's side (a LiveGraph fed the stream's adjacencies and user
+    states) equal the evaluation's vectors (``two_tower_scorer``'s functions on the split) for the same weights."""
+    import torch
+
+    from models.embedding import LiveGraph
+    from models.graph import build_graph
+    from models.hgnn import embed
+    from models.text import item_text
+    from models.train import graph_of, text_embeddings
+    from models.twotower import item_vectors, user_vectors
+
+    folder = write_dataset(generate(users=80, items_per_type=80, events_per_user=8, seed=11), tmp_path / "data")
+    encoder = HashingEncoder(64)
+    split = load_split(folder, everything=True)
+    served = TrainedModel(train_for_serving(split, encoder, SMALL, tmp_path / "models", "abc"), encoder.name)
+    device = torch.device("cpu")
+
+    # the evaluation's path
+    text = text_embeddings(split, encoder)
+    typed = graph_of(split, split.train, SMALL.graph)
+    embedding = embed(served.hgnn, typed, text, device)
+    expected_items = item_vectors(served.towers, embedding, text, split.item_type, device,
+                                  typed.weighted_degree(len(split.items)))
+    users = [u for u, h in split.histories.items() if len(set(h)) == len(h)]  # no replays: states keep each once
+    expected_users = user_vectors(served.towers, [split.histories[u] for u in users], embedding, text,
+                                  split.item_type, served.tt_config, device)
+
+    # the serving path: the stream's own graph and user states, items in another row order
+    cograph = build_graph((str(n), u, split.items[i].item_id, split.items[i].item_type, ts)
+                          for n, (u, i, ts) in enumerate(split.train))
+    live = LiveGraph(text_dim=64, vector_dim=served.dim)
+    for n in reversed(range(len(split.items))):
+        item = split.items[n]
+        live.set_text(item.item_id, item.item_type, item.title,
+                      encoder.encode([item_text(item.item_type, item.title, item.text)])[0])
+    for item_id, adjacency in cograph.adjacency.items():
+        live.set_adjacency(item_id, split.items[split.index[item_id]].item_type, adjacency)
+    rows = [live.rows[item.item_id] for item in split.items]
+    np.testing.assert_allclose(served.item_vectors(rows, live), expected_items, atol=1e-5)
+    states = [cograph.users[u] for u in users]
+    assert len(states) > 10
+    np.testing.assert_allclose(served.user_vectors(states, live), expected_users, atol=1e-5)
