@@ -37,7 +37,7 @@ class HGNNConfig:
 
     hidden: int = 256
     out: int = 128
-    epochs: int = 30
+    epochs: int = 20
     edges_per_relation: int = 20_000
     """Cap on the balanced sample per relation and epoch."""
     batch_edges: int = 4096
@@ -48,7 +48,9 @@ class HGNNConfig:
     negatives: int = 4
     """Uniform negatives of the destination type per edge."""
     in_batch: bool = True
-    """Also contrast each edge with the other destinations of its batch (mixed negatives, Yang et al. 2020)."""
+    """Also contrast each edge with the other destinations of its block of ``in_batch_block`` edges (mixed
+    negatives, Yang et al. 2020)."""
+    in_batch_block: int = 512
     text_skip: bool = True
     """Add a linear projection of the text to the output, so the graph adds to the text."""
     seed: int = 0
@@ -217,12 +219,18 @@ def _link_loss(z: dict[str, Tensor], graph: TypedGraph, et: EdgeType, chunk: np.
     zd = z[dst_t][torch.from_numpy(d[chunk]).to(device)]  # (B, D)
     neg = torch.randint(0, len(graph.members[dst_t]), (len(chunk), config.negatives), device=device)
     neg_logit = torch.einsum("bd,bkd->bk", zs, z[dst_t][neg]) / config.temperature  # (B, K)
-    if config.in_batch:  # column b of the (B, B) block is edge b's positive, the others its negatives
-        dst = torch.from_numpy(d[chunk]).to(device)
-        pos_logit = zs @ zd.T / config.temperature
-        repeat = (dst[:, None] == dst[None, :]) & ~torch.eye(len(chunk), dtype=torch.bool, device=device)
-        pos_logit = pos_logit.masked_fill(repeat, -1e9)
-        labels = torch.arange(len(chunk), device=device)
+    if config.in_batch:  # blocks of M edges: column m of a block is edge m's positive, the others its negatives
+        m = min(config.in_batch_block, len(chunk))
+        blocks = len(chunk) // m
+        n = blocks * m  # the remainder of the chunk keeps its uniform negatives only
+        dst = torch.from_numpy(d[chunk[:n]]).to(device).view(blocks, m)
+        block_logit = torch.bmm(zs[:n].view(blocks, m, -1), zd[:n].view(blocks, m, -1).transpose(1, 2))
+        repeat = (dst[:, :, None] == dst[:, None, :]) & ~torch.eye(m, dtype=torch.bool, device=device)
+        block_logit = (block_logit / config.temperature).masked_fill(repeat, -1e9).view(n, m)
+        rest = (zs[n:] * zd[n:]).sum(-1, keepdim=True) / config.temperature  # (B - n, 1)
+        pos_logit = torch.cat([block_logit, nn.functional.pad(rest, (0, m - 1), value=-1e9)])
+        labels = torch.cat([torch.arange(m, device=device).repeat(blocks),
+                            torch.zeros(len(chunk) - n, dtype=torch.long, device=device)])
     else:
         pos_logit = (zs * zd).sum(-1, keepdim=True) / config.temperature  # (B, 1)
         labels = torch.zeros(len(chunk), dtype=torch.long, device=device)
