@@ -5,6 +5,9 @@
   before; the target is the first such item.
 * **user holdout** (``holdout.tsv`` present): train on all of ``events.tsv``; the targets are the ``test``
   rows (``valid`` rows are for model selection).
+* **validation** (``split="valid"``): the holdout's ``valid`` rows; for a time split, the same protocol applied
+  to the events before the test cut (a second cut at their 90th percentile), so selection never sees the test
+  period.
 
 Every model ranks the full catalogue of the target's type, minus what the user consumed in training; ties are
 broken by popularity. Metrics: HR@10, MRR (over the top 100), NDCG@10, coverage@100.

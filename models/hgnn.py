@@ -9,10 +9,13 @@ blocks. Node features are the items' text embeddings. For a node :math:`i` of ty
     \\qquad a_{ij} = w_{ij} / \\sum_{k \\in N_r(i)} w_{ik}
 
 with co-count weights :math:`w_{ij}` (a weighted mean, applied as a row-normalised CSR matrix: full-graph
-message passing with no sampler), ReLU between layers, and L2-normalised outputs. Trained by link prediction
-on co-interaction edges against random negatives of the destination type, with 2T-HGNN's balanced
-multi-link sampler: each epoch, every relation contributes as many edges as the smallest one. Inductive: an
-item unseen in training is embedded from its text and whatever edges it has.
+message passing with no sampler), ReLU between layers, a linear projection of the text added to the output
+(``text_skip``: the graph adds to the text instead of replacing it), and L2-normalised outputs. Trained by link
+prediction on co-interaction edges with 2T-HGNN's balanced multi-link sampler (each epoch, every relation
+contributes as many edges as the smallest one, capped); each step runs the full graph once and takes a chunk of
+every relation; each edge's softmax contrasts its destination with uniform negatives of the destination type
+and, with ``in_batch``, with the other destinations of its block of edges (mixed negatives, Yang et al. 2020).
+Inductive: an item unseen in training is embedded from its text and whatever edges it has.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ EdgeType = tuple[str, str, str]
 class HGNNConfig:
     """HGNN hyperparameters."""
 
-    hidden: int = 256
+    hidden: int = 128
     out: int = 128
-    epochs: int = 20
+    epochs: int = 10
     edges_per_relation: int = 20_000
     """Cap on the balanced sample per relation and epoch."""
     batch_edges: int = 4096

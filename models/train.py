@@ -142,9 +142,10 @@ def mean_results(runs: list[list[Result]]) -> list[Result]:
 
 
 def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, models: tuple[str, ...] = MODELS,
-                   seeds: int = 1) -> list[Row]:
+                   seeds: int = 1, seed_hgnn: bool = True) -> list[Row]:
     """Train and score every requested row of the ablation table on ``split``; the rows of :data:`SEEDED`
-    are trained with seeds ``0..seeds-1`` (their results are the means)."""
+    are trained with seeds ``0..seeds-1`` (their results are the means), the HGNN too unless ``seed_hgnn`` is
+    false (then it is trained once, with the configured seed)."""
     device = pick_device()
     rows: list[Row] = []
 
@@ -178,13 +179,24 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
 
     def hgnn_embeddings(hgnn: HGNNConfig) -> np.ndarray:
         if hgnn not in cache:
-            model, losses = train_hgnn(graph(), text, hgnn, device)
-            cache[hgnn] = embed(model, graph(), text, device)
-            cache.setdefault("hgnn_losses", losses)
+            path = None
+            if config.graph_cache is not None:  # the same training events, text and config give the same model
+                digest = hashlib.sha1(repr((split.name, len(split.train), split.train[:3], split.train[-3:],
+                                            config.graph, hgnn)).encode() + text.tobytes())
+                path = config.graph_cache / f"hgnn-{split.name}-{digest.hexdigest()[:16]}.npy"
+            if path is not None and path.exists():
+                cache[hgnn] = np.load(path)
+            else:
+                model, losses = train_hgnn(graph(), text, hgnn, device)
+                cache[hgnn] = embed(model, graph(), text, device)
+                cache.setdefault("hgnn_losses", losses)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, cache[hgnn])
         return cache[hgnn]  # type: ignore[no-any-return]
 
     def seeded(seed: int) -> tuple[HGNNConfig, TwoTowerConfig]:
-        return replace(config.hgnn, seed=seed), replace(config.two_tower, seed=seed)
+        return (replace(config.hgnn, seed=seed) if seed_hgnn else config.hgnn), replace(config.two_tower, seed=seed)
 
     add("hgnn", lambda seed: embedding_scorer(split, hgnn_embeddings(seeded(seed)[0]), config.two_tower.history))
     histories = histories_list(split)
