@@ -37,12 +37,14 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-no_last_item": ({}, {"last_item": False}),
     "2t_hgnn-no_item_degree": ({}, {"item_degree": False}),
     "2t_hgnn-no_type_softmax": ({}, {"type_softmax": False}),
+    "2t_hgnn+uniform_negatives": ({}, {"uniform_negatives": 512}),
     "2t_hgnn-no_in_batch": ({"in_batch": False}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-all_off": ({"in_batch": False, "text_skip": False},
                         {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False}),
 }
-"""Ablation rows: the unified 2T-HGNN with one lever off (HGNN config changes, two-tower config changes)."""
+"""Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), or one more on (``+``): HGNN config
+changes, two-tower config changes."""
 SEEDED = ("2t_hgnn", "2t_no_gnn")
 """Rows trained once per seed when ``seeds > 1``."""
 

@@ -48,6 +48,10 @@ class TwoTowerConfig:
     """Item tower reads the item's weighted degree in the co-interaction graph (popularity)."""
     type_softmax: bool = True
     """Each example's softmax runs over the in-batch items of its target's type, as ranking is within a type."""
+    uniform_negatives: int = 0
+    """Per step and item type, items drawn uniformly beside the in-batch negatives (mixed negative sampling,
+    Yang et al. 2020): in-batch negatives are drawn by popularity, so alone they teach little about the tail.
+    Off by default: measured on validation only after the committed reports were under way (see reports/)."""
     seed: int = 0
 
 
@@ -188,7 +192,12 @@ def train_two_tower(
                                           num_types, config, rng, target_types)
     features = torch.from_numpy(examples)
     frequency = np.bincount(targets, minlength=len(item_type)).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(frequency / frequency.sum(), 1e-12))).float().to(device)
+    # candidates come from the mixture of the batch (by target frequency q) and the uniform draw of the
+    # item's type: the logQ correction uses that mixture, B q_j + M / N_t (up to a constant per type)
+    type_size = np.bincount(item_type, minlength=num_types).astype(np.float64)
+    mixture = config.batch * frequency / frequency.sum() + config.uniform_negatives / type_size[item_type]
+    log_q = torch.from_numpy(np.log(np.maximum(mixture, 1e-12))).float().to(device)
+    pools = [torch.from_numpy(np.flatnonzero(item_type == t)).to(device) for t in range(num_types)]
     emb_t = torch.from_numpy(embedding).float().to(device)
     text_t = torch.from_numpy(text).float().to(device)
     type_t = torch.from_numpy(item_type).long().to(device)
@@ -205,12 +214,18 @@ def train_two_tower(
             items = targets_t[idx.to(device)]  # (B,)
             u = model.users(features[idx].to(device))  # (B, D)
             v = model.items(emb_t[items], text_t[items], type_t[items], degree_t[items])  # (B, D)
-            logits = u @ v.T / config.temperature - log_q[items][None, :]  # (B, B)
-            same = items[:, None] == items[None, :]
-            drop = same & ~torch.eye(len(items), dtype=torch.bool, device=device)
+            if config.uniform_negatives:  # (B + T*M,) candidates: the batch, then M uniform items per type
+                drawn = torch.cat([p[torch.randint(0, len(p), (config.uniform_negatives,), device=device)]
+                                   for p in pools if len(p)])
+                candidates = torch.cat([items, drawn])
+                v = torch.cat([v, model.items(emb_t[drawn], text_t[drawn], type_t[drawn], degree_t[drawn])])
+            else:
+                candidates = items
+            logits = u @ v.T / config.temperature - log_q[candidates][None, :]  # (B, C)
+            same = items[:, None] == candidates[None, :]
+            drop = same & ~torch.eye(len(items), len(candidates), dtype=torch.bool, device=device)
             if config.type_softmax:
-                kinds = type_t[items]
-                drop |= kinds[:, None] != kinds[None, :]
+                drop |= type_t[items][:, None] != type_t[candidates][None, :]
             logits = logits.masked_fill(drop, -1e9)
             loss = nn.functional.cross_entropy(logits, torch.arange(len(items), device=device))
             optimiser.zero_grad()
