@@ -57,6 +57,22 @@ def test_time_split_targets_are_new_items_after_the_cut(dataset):
             assert item not in split.histories[user]
 
 
+def test_time_split_validation_cut_never_sees_the_test_period(dataset):
+    folder, _ = dataset
+    (folder / "holdout.tsv").rename(folder / "holdout.off")
+    try:
+        test, valid = load_split(folder), load_split(folder, "valid")
+    finally:
+        (folder / "holdout.off").rename(folder / "holdout.tsv")
+    assert valid.cut is not None and test.cut is not None and valid.cut < test.cut
+    assert all(ts < valid.cut for _, _, ts in valid.train)
+    assert len(valid.train) < len(test.train)
+    assert sum(len(t) for t in valid.targets.values()) > 0
+    # every validation target was consumed inside the training period of the test split
+    seen = {(u, i) for u, i, _ in test.train}
+    assert all((u, i) in seen for targets in valid.targets.values() for u, i in targets)
+
+
 def test_trained_model_serves_through_the_refresher(dataset, tmp_path):
     folder, data = dataset
     encoder = HashingEncoder(64)
