@@ -144,16 +144,21 @@ def mean_results(runs: list[list[Result]]) -> list[Result]:
 
 
 def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, models: tuple[str, ...] = MODELS,
-                   seeds: int = 1, seed_hgnn: bool = True) -> list[Row]:
-    """Train and score every requested row of the ablation table on ``split``; the rows of :data:`SEEDED`
-    are trained with seeds ``0..seeds-1`` (their results are the means), the HGNN too unless ``seed_hgnn`` is
-    false (then it is trained once, with the configured seed)."""
+                   seeds: int = 1, seed_hgnn: bool = True, on_row: Callable[[list[Row]], object] | None = None
+                   ) -> list[Row]:
+    """Train and score every requested row of the ablation table on ``split``, in the order of ``models``;
+    the rows of :data:`SEEDED` are trained with seeds ``0..seeds-1`` (their results are the means), the HGNN
+    too unless ``seed_hgnn`` is false (then it is trained once, with the configured seed). ``on_row`` is
+    called with the rows so far after each row (to write a partial report)."""
     device = pick_device()
     rows: list[Row] = []
+    factories: dict[str, tuple[Callable[[int], Scorer], dict[str, Any] | None]] = {}
 
     def add(name: str, scorer_factory: Callable[[int], Scorer], notes: dict[str, Any] | None = None) -> None:
-        if name not in models:
-            return
+        factories[name] = (scorer_factory, notes)
+
+    def run(name: str) -> None:
+        scorer_factory, notes = factories[name]
         runs, seconds = [], 0.0
         for seed in range(seeds if name in SEEDED else 1):
             started = time.perf_counter()
@@ -247,6 +252,13 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         hgnn_off, tt_off = replace(config.hgnn, **hgnn_change), replace(config.two_tower, **tt_change)
         add(name, lambda _, h=hgnn_off, t=tt_off: unified(hgnn_embeddings(h), t),  # type: ignore[misc]
             {"hgnn": hgnn_change, "two_tower": tt_change})
+    unknown = [m for m in models if m not in factories]
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; choose from {list(factories)}")
+    for name in models:
+        run(name)
+        if on_row is not None:
+            on_row(rows)
     if rows and "hgnn_losses" in cache:
         rows[0].notes["hgnn_losses"] = [round(x, 4) for x in cache["hgnn_losses"]]
     if rows and "tt_losses" in cache:

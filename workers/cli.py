@@ -185,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--seeds: {args.seeds} is not a positive count", file=sys.stderr)
             return 2
         if args.ablation:
-            models += tuple(ABLATIONS)
+            models += tuple(a for a in ABLATIONS if a not in models)
         split = load_split(args.data, args.split)
-        rows = run_evaluation(split, encoder, config, models, args.seeds, seed_hgnn=not args.fixed_hgnn_seed)
         name = f"{split.name}-valid" if args.split == "valid" else split.name
+        rows = run_evaluation(split, encoder, config, models, args.seeds, seed_hgnn=not args.fixed_hgnn_seed,
+                              on_row=lambda so_far: write_report(split, so_far, config, command, args.out, name))
         path = write_report(split, rows, config, command, args.out, name)
         print(path.with_suffix(".md").read_text())
         return 0
