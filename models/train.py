@@ -149,7 +149,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
     """Train and score every requested row of the ablation table on ``split``, in the order of ``models``;
     the rows of :data:`SEEDED` are trained with seeds ``0..seeds-1`` (their results are the means), the HGNN
     too unless ``seed_hgnn`` is false (then it is trained once, with the configured seed). ``on_row`` is
-    called with the rows so far after each row (to write a partial report)."""
+    called with the rows so far after each row and seed (to write a partial report)."""
     device = pick_device()
     rows: list[Row] = []
     factories: dict[str, tuple[Callable[[int], Scorer], dict[str, Any] | None]] = {}
@@ -166,8 +166,11 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
             seconds += time.perf_counter() - started
             runs.append([evaluate_scorer(split, name, scorer, t) for t in split.type_names if split.targets[t]])
             log.info("%s seed %d: %s", name, seed, {r.item_type: round(r.hr10, 4) for r in runs[-1]})
-        rows.append(Row(name, mean_results(runs), seconds / len(runs), peak_rss_mib(), notes or {},
-                        runs if len(runs) > 1 else []))
+            row = Row(name, mean_results(runs), seconds / len(runs), peak_rss_mib(), notes or {},
+                      runs if len(runs) > 1 else [])
+            rows[len(rows) - (seed > 0):] = [row]  # the row so far replaces itself after each seed
+            if on_row is not None:
+                on_row(rows)
 
     started = time.perf_counter()
     text = text_embeddings(split, encoder)
@@ -257,8 +260,6 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         raise ValueError(f"unknown rows {unknown}; choose from {list(factories)}")
     for name in models:
         run(name)
-        if on_row is not None:
-            on_row(rows)
     if rows and "hgnn_losses" in cache:
         rows[0].notes["hgnn_losses"] = [round(x, 4) for x in cache["hgnn_losses"]]
     if rows and "tt_losses" in cache:
