@@ -33,15 +33,16 @@ MODELS = ("popularity", "cooc_knn", "cooc_knn_raw", "llm_knn", "hgnn", "2t_no_gn
           "2t_hgnn_no_retrain")
 
 ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "2t_hgnn-no_user_text": ({}, {"user_text": False}),
+    "2t_hgnn+user_text": ({}, {"user_text": True}),
     "2t_hgnn-no_last_item": ({}, {"last_item": False}),
     "2t_hgnn-no_item_degree": ({}, {"item_degree": False}),
     "2t_hgnn-no_type_softmax": ({}, {"type_softmax": False}),
-    "2t_hgnn+uniform_negatives": ({}, {"uniform_negatives": 512}),
+    "2t_hgnn-no_uniform_negatives": ({}, {"uniform_negatives": 0}),
     "2t_hgnn-no_in_batch": ({"in_batch": False}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-all_off": ({"in_batch": False, "text_skip": False},
-                        {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False}),
+                        {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False,
+                         "uniform_negatives": 0}),
 }
 """Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), or one more on (``+``): HGNN config
 changes, two-tower config changes."""

@@ -40,18 +40,18 @@ class TwoTowerConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     temperature: float = 0.05
-    user_text: bool = True
-    """User tower reads the text embeddings beside the item embeddings."""
+    user_text: bool = False
+    """User tower reads the text embeddings beside the item embeddings (off: it hurt on movielens validation,
+    reports/validation.md)."""
     last_item: bool = True
     """User tower reads the last item's features (order)."""
     item_degree: bool = True
     """Item tower reads the item's weighted degree in the co-interaction graph (popularity)."""
     type_softmax: bool = True
     """Each example's softmax runs over the in-batch items of its target's type, as ranking is within a type."""
-    uniform_negatives: int = 0
+    uniform_negatives: int = 512
     """Per step and item type, items drawn uniformly beside the in-batch negatives (mixed negative sampling,
-    Yang et al. 2020): in-batch negatives are drawn by popularity, so alone they teach little about the tail.
-    Off by default: measured on validation only after the committed reports were under way (see reports/)."""
+    Yang et al. 2020): in-batch negatives are drawn by popularity, so alone they teach little about the tail."""
     seed: int = 0
 
 
