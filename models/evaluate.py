@@ -5,6 +5,9 @@
   before; the target is the first such item.
 * **user holdout** (``holdout.tsv`` present): train on all of ``events.tsv``; the targets are the ``test``
   rows (``valid`` rows are for model selection).
+* **validation** (``split="valid"``): the holdout's ``valid`` rows; for a time split, the same protocol applied
+  to the events before the test cut (a second cut at their 90th percentile), so selection never sees the test
+  period.
 
 Every model ranks the full catalogue of the target's type, minus what the user consumed in training; ties are
 broken by popularity. Metrics: HR@10, MRR (over the top 100), NDCG@10, coverage@100.
@@ -64,7 +67,8 @@ def load_split(folder: Path, split: str = "test", everything: bool = False) -> S
 
     Args:
         folder: a dataset in the shared layout.
-        split: which holdout rows are the targets (``test`` or ``valid``).
+        split: ``test``, or ``valid`` for model selection: the holdout's ``valid`` rows, or for the time split
+            a second cut at the 90th percentile of the events before the test cut (the test period unseen).
         everything: train on every event and hold nothing out (for a model to serve).
     """
     items = load_items(folder)
@@ -88,6 +92,9 @@ def load_split(folder: Path, split: str = "test", everything: bool = False) -> S
         return Split(folder.resolve().name, items, index, type_names, item_type, train, histories, targets,
                      "user-holdout")
     cut = float(np.percentile([ts for _, _, ts in events], 90))
+    if split == "valid":  # the same protocol inside the training period: selection never sees the test period
+        events = [e for e in events if e[2] < cut]
+        cut = float(np.percentile([ts for _, _, ts in events], 90))
     train = [e for e in events if e[2] < cut]
     histories = _histories(train)
     consumed = {u: set(h) for u, h in histories.items()}
@@ -197,22 +204,30 @@ def popularity_scorer(split: Split) -> Scorer:
     return lambda users, candidates: np.tile(split.popularity[candidates], (len(users), 1))
 
 
-def cooc_scorer(split: Split, window: int | None = None) -> Scorer:
-    """Item co-occurrence kNN: an item scores the number of the user's training items it co-occurred with,
-    summed over users who consumed both (within ``window`` consecutive items when given)."""
+def cooc_scorer(split: Split, normalise: bool = True) -> Scorer:
+    """Item co-occurrence kNN, the reference definition of ``../shared/data/README.md``:
+
+    .. math:: s(i) = \\frac{\\sum_{j \\in H_u} c(i, j)}{\\sqrt{p(i)}}
+
+    with :math:`c(i, j)` the number of training users who consumed both, :math:`H_u` the user's distinct
+    training items and :math:`p(i)` the item's training count (popularity breaks ties, in the evaluator).
+    ``normalise=False`` drops the division: the raw co-count sum (the ``cooc_knn_raw`` row).
+    """
     from scipy import sparse
 
     users = {u: n for n, u in enumerate(split.histories)}
     rows = [users[u] for u, h in split.histories.items() for _ in set(h)]
     cols = [i for h in split.histories.values() for i in set(h)]
-    ui = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+    ui = sparse.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)),
                            shape=(len(users), len(split.items)))
     cooc = (ui.T @ ui).tocsr()
     cooc.setdiag(0)
+    cooc.eliminate_zeros()
+    scale = 1.0 / np.sqrt(np.maximum(split.popularity, 1.0)) if normalise else np.ones(len(split.items))
 
     def score(batch_users: list[str], candidates: np.ndarray) -> np.ndarray:
         history = ui[[users[u] for u in batch_users]]
-        return np.asarray((history @ cooc[:, candidates]).todense())
+        return np.asarray((history @ cooc[:, candidates]).todense()) * scale[candidates][None, :]
 
     return score
 

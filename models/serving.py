@@ -24,7 +24,7 @@ from models.graph import UserState
 from models.hgnn import HGNN, HGNNConfig, TypedGraph, embed, train_hgnn
 from models.text import TextEncoder
 from models.train import TrainConfig, graph_of, histories_list, peak_rss_mib, pick_device, text_embeddings
-from models.twotower import TwoTower, TwoTowerConfig, train_two_tower, user_features
+from models.twotower import TwoTower, TwoTowerConfig, train_two_tower, user_features, user_item_features
 
 
 def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, out_root: Path,
@@ -36,8 +36,9 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     graph = graph_of(split, split.train, config.graph, config.graph_cache)
     hgnn, hgnn_losses = train_hgnn(graph, text, config.hgnn, device)
     embedding = embed(hgnn, graph, text, device)
+    degree = graph.weighted_degree(len(split.items)) if config.two_tower.item_degree else None
     towers, tt_losses = train_two_tower(histories_list(split), embedding, text, split.item_type,
-                                        len(split.type_names), config.two_tower, device)
+                                        len(split.type_names), config.two_tower, device, degree=degree)
     version = f"2t-hgnn-{split.name}-{fingerprint}-{time.strftime('%Y%m%d%H%M%S')}"
     directory = out_root / version
     directory.mkdir(parents=True, exist_ok=False)
@@ -84,13 +85,13 @@ class TrainedModel:
                          hgnn_config.text_skip)
         self.hgnn.load_state_dict(torch.load(directory / "hgnn.pt", map_location="cpu"))
         self.hgnn.to(self.device).eval()
-        self.towers = TwoTower(hgnn_config.out, meta["text_dim"], len(self.type_names), self.tt_config.hidden,
-                               self.tt_config.dim)
+        self.towers = TwoTower.for_config(hgnn_config.out, meta["text_dim"], len(self.type_names), self.tt_config)
         self.towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
         self.towers.to(self.device).eval()
         self.dim = self.tt_config.dim
         self.hops = 2
         self._embedding: np.ndarray | None = None
+        self._degree: np.ndarray | None = None
         self._stamp: tuple[int, int] = (-1, -1)
 
     def _type_codes(self, graph: LiveGraph) -> np.ndarray:
@@ -99,9 +100,20 @@ class TrainedModel:
 
     def hgnn_embeddings(self, graph: LiveGraph) -> np.ndarray:
         """HGNN embeddings of every item in the live graph; recomputed when the graph grew or changed."""
+        self._refresh(graph)
+        assert self._embedding is not None
+        return self._embedding
+
+    def degrees(self, graph: LiveGraph) -> np.ndarray:
+        """Every item's weighted degree in the live graph (what the item tower reads as popularity)."""
+        self._refresh(graph)
+        assert self._degree is not None
+        return self._degree
+
+    def _refresh(self, graph: LiveGraph) -> None:
         stamp = (len(graph), graph.version)
         if self._embedding is not None and stamp == self._stamp:
-            return self._embedding
+            return
         codes = self._type_codes(graph)
         src, dst, weight = [], [], []
         for item_id, adjacency in graph.adjacency.items():
@@ -118,8 +130,8 @@ class TrainedModel:
         typed = TypedGraph.build(np.maximum(codes, 0), self.type_names, np.array(src, dtype=np.int64),
                                  np.array(dst, dtype=np.int64), np.array(weight, dtype=np.float32))
         self._embedding = embed(self.hgnn, typed, graph.text(np.arange(len(graph))), self.device)
+        self._degree = typed.weighted_degree(len(graph))
         self._stamp = stamp
-        return self._embedding
 
     @torch.no_grad()
     def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
@@ -128,7 +140,8 @@ class TrainedModel:
         codes = np.maximum(self._type_codes(graph)[index], 0)
         out = self.towers.items(torch.from_numpy(embedding).to(self.device),
                                 torch.from_numpy(graph.text(index)).to(self.device),
-                                torch.from_numpy(codes).to(self.device))
+                                torch.from_numpy(codes).to(self.device),
+                                torch.from_numpy(self.degrees(graph)[index]).to(self.device))
         vectors = out.cpu().numpy()
         vectors[~graph.has_text(index)] = 0.0  # not in the catalogue yet: wait for its text
         return vectors
@@ -139,17 +152,20 @@ class TrainedModel:
         codes = self._type_codes(graph)
         histories = []
         for state in states:
-            # oldest first within each type, which is all the per-type features depend on
-            rows = [graph.rows[i] for recent in state["recent"].values() for i, _ in recent if i in graph.rows]
-            histories.append([r for r in rows if codes[r] >= 0])
-        features = user_features(histories, embedding, np.maximum(codes, 0), len(self.type_names),
-                                 self.tt_config.history)
-        # the state keeps a bounded history; the counts feature is the user's full count per type
-        dim = embedding.shape[1]
+            # every type's recent items merged oldest first, as training read the user's sequence
+            recent = sorted((ts, graph.rows[i]) for rows in state["recent"].values() for i, ts in rows
+                            if i in graph.rows)
+            histories.append([r for _, r in recent if codes[r] >= 0])
+        per_item = user_item_features(embedding, graph.text(np.arange(len(graph))), self.tt_config)
+        features = user_features(histories, per_item, np.maximum(codes, 0), len(self.type_names),
+                                 self.tt_config.history, self.tt_config.last_item)
+        # the state keeps a bounded history; the counts feature is the user's full count per type (the last
+        # len(type_names) columns)
+        first = features.shape[1] - len(self.type_names)
         for u, state in enumerate(states):
             for k, name in enumerate(self.type_names):
-                features[u, len(self.type_names) * dim + k] = np.log1p(state["counts"].get(name, 0))
+                features[u, first + k] = np.log1p(state["counts"].get(name, 0))
         vectors = self.towers.users(torch.from_numpy(features).to(self.device)).cpu().numpy()
-        empty = np.array([not h for h in histories])
+        empty = np.array([not h for h in histories], dtype=bool)
         vectors[empty] = 0.0
         return vectors

@@ -14,7 +14,7 @@ import pickle
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,25 @@ from models.twotower import TwoTower, TwoTowerConfig, item_vectors, train_two_to
 
 log = logging.getLogger(__name__)
 
-MODELS = ("popularity", "cooc_knn", "llm_knn", "hgnn", "2t_no_gnn", "2t_per_type", "2t_hgnn", "2t_hgnn_no_retrain")
+MODELS = ("popularity", "cooc_knn", "cooc_knn_raw", "llm_knn", "hgnn", "2t_no_gnn", "2t_per_type", "2t_hgnn",
+          "2t_hgnn_no_retrain")
+
+ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "2t_hgnn+user_text": ({}, {"user_text": True}),
+    "2t_hgnn-no_last_item": ({}, {"last_item": False}),
+    "2t_hgnn-no_item_degree": ({}, {"item_degree": False}),
+    "2t_hgnn-no_type_softmax": ({}, {"type_softmax": False}),
+    "2t_hgnn-no_uniform_negatives": ({}, {"uniform_negatives": 0}),
+    "2t_hgnn-no_in_batch": ({"in_batch": False}, {}),
+    "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
+    "2t_hgnn-all_off": ({"in_batch": False, "text_skip": False},
+                        {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False,
+                         "uniform_negatives": 0}),
+}
+"""Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), or one more on (``+``): HGNN config
+changes, two-tower config changes."""
+SEEDED = ("2t_hgnn", "2t_no_gnn")
+"""Rows trained once per seed when ``seeds > 1``."""
 
 
 @dataclass(frozen=True)
@@ -90,12 +108,12 @@ def histories_list(split: Split) -> list[list[int]]:
 
 
 def two_tower_scorer(split: Split, model: TwoTower, embedding: np.ndarray, text: np.ndarray,
-                     config: TwoTowerConfig, device: torch.device) -> Scorer:
-    """Score candidates with a trained two-tower model."""
-    items = item_vectors(model, embedding, text, split.item_type, device)
+                     config: TwoTowerConfig, device: torch.device, degree: np.ndarray | None = None) -> Scorer:
+    """Score candidates with a trained two-tower model (the computation :class:`TrainedModel` serves)."""
+    items = item_vectors(model, embedding, text, split.item_type, device, degree)
 
     def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
-        u = user_vectors(model, [split.histories[x] for x in users], embedding, split.item_type, config.history,
+        u = user_vectors(model, [split.histories[x] for x in users], embedding, text, split.item_type, config,
                          device)
         return u @ items[candidates].T
 
@@ -104,68 +122,116 @@ def two_tower_scorer(split: Split, model: TwoTower, embedding: np.ndarray, text:
 
 @dataclass
 class Row:
-    """One model's results with its cost."""
+    """One model's results with its cost; with several seeds, ``results`` are the means and ``per_seed`` the
+    runs."""
 
     model: str
     results: list[Result]
     train_seconds: float
     peak_rss_mib: float
     notes: dict[str, Any] = field(default_factory=dict)
+    per_seed: list[list[Result]] = field(default_factory=list)
 
 
-def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, models: tuple[str, ...] = MODELS
+def mean_results(runs: list[list[Result]]) -> list[Result]:
+    """Per item type, the mean of each metric over runs (seeds)."""
+    out = []
+    for k, first in enumerate(runs[0]):
+        of = [run[k] for run in runs]
+        out.append(Result(first.dataset, first.model, first.item_type, first.users,
+                          float(np.mean([r.hr10 for r in of])), float(np.mean([r.mrr for r in of])),
+                          float(np.mean([r.ndcg10 for r in of])), float(np.mean([r.cov100 for r in of]))))
+    return out
+
+
+def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, models: tuple[str, ...] = MODELS,
+                   seeds: int = 1, seed_hgnn: bool = True, on_row: Callable[[list[Row]], object] | None = None
                    ) -> list[Row]:
-    """Train and score every requested row of the ablation table on ``split``."""
+    """Train and score every requested row of the ablation table on ``split``, in the order of ``models``;
+    the rows of :data:`SEEDED` are trained with seeds ``0..seeds-1`` (their results are the means), the HGNN
+    too unless ``seed_hgnn`` is false (then it is trained once, with the configured seed). ``on_row`` is
+    called with the rows so far after each row and seed (to write a partial report)."""
     device = pick_device()
     rows: list[Row] = []
+    factories: dict[str, tuple[Callable[[int], Scorer], dict[str, Any] | None]] = {}
 
-    def add(name: str, scorer_factory: Callable[[], Scorer], notes: dict[str, Any] | None = None) -> None:
-        if name not in models:
-            return
-        started = time.perf_counter()
-        scorer = scorer_factory()
-        seconds = time.perf_counter() - started
-        results = [evaluate_scorer(split, name, scorer, t) for t in split.type_names if split.targets[t]]
-        rows.append(Row(name, results, seconds, peak_rss_mib(), notes or {}))
-        log.info("%s: %s (%.1f s)", name, {r.item_type: round(r.hr10, 4) for r in results}, seconds)
+    def add(name: str, scorer_factory: Callable[[int], Scorer], notes: dict[str, Any] | None = None) -> None:
+        factories[name] = (scorer_factory, notes)
+
+    def run(name: str) -> None:
+        scorer_factory, notes = factories[name]
+        runs, seconds = [], 0.0
+        for seed in range(seeds if name in SEEDED else 1):
+            started = time.perf_counter()
+            scorer = scorer_factory(seed)
+            seconds += time.perf_counter() - started
+            runs.append([evaluate_scorer(split, name, scorer, t) for t in split.type_names if split.targets[t]])
+            log.info("%s seed %d: %s", name, seed, {r.item_type: round(r.hr10, 4) for r in runs[-1]})
+            row = Row(name, mean_results(runs), seconds / len(runs), peak_rss_mib(), notes or {},
+                      runs if len(runs) > 1 else [])
+            rows[len(rows) - (seed > 0):] = [row]  # the row so far replaces itself after each seed
+            if on_row is not None:
+                on_row(rows)
 
     started = time.perf_counter()
     text = text_embeddings(split, encoder)
     text_seconds = time.perf_counter() - started
-    add("popularity", lambda: popularity_scorer(split))
-    add("cooc_knn", lambda: cooc_scorer(split))
-    add("llm_knn", lambda: embedding_scorer(split, text, config.two_tower.history), {"text_seconds": text_seconds})
+    add("popularity", lambda _: popularity_scorer(split))
+    add("cooc_knn", lambda _: cooc_scorer(split))
+    add("cooc_knn_raw", lambda _: cooc_scorer(split, normalise=False))
+    add("llm_knn", lambda _: embedding_scorer(split, text, config.two_tower.history), {"text_seconds": text_seconds})
 
-    cache: dict[str, Any] = {}
+    cache: dict[Any, Any] = {}
 
-    def hgnn_embeddings() -> np.ndarray:
-        if "hgnn" not in cache:
-            graph = graph_of(split, split.train, config.graph, config.graph_cache)
-            model, losses = train_hgnn(graph, text, config.hgnn, device)
-            cache["hgnn"] = embed(model, graph, text, device)
-            cache["hgnn_losses"] = losses
-            cache["graph"] = graph
-        return cache["hgnn"]
+    def graph() -> TypedGraph:
+        if "graph" not in cache:
+            cache["graph"] = graph_of(split, split.train, config.graph, config.graph_cache)
+        return cache["graph"]
 
-    add("hgnn", lambda: embedding_scorer(split, hgnn_embeddings(), config.two_tower.history))
+    def hgnn_embeddings(hgnn: HGNNConfig) -> np.ndarray:
+        if hgnn not in cache:
+            path = None
+            if config.graph_cache is not None:  # the same training events, text and config give the same model
+                digest = hashlib.sha1(repr((split.name, len(split.train), split.train[:3], split.train[-3:],
+                                            config.graph, hgnn)).encode() + text.tobytes())
+                path = config.graph_cache / f"hgnn-{split.name}-{digest.hexdigest()[:16]}.npy"
+            if path is not None and path.exists():
+                cache[hgnn] = np.load(path)
+            else:
+                model, losses = train_hgnn(graph(), text, hgnn, device)
+                cache[hgnn] = embed(model, graph(), text, device)
+                cache.setdefault("hgnn_losses", losses)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, cache[hgnn])
+        return cache[hgnn]  # type: ignore[no-any-return]
+
+    def seeded(seed: int) -> tuple[HGNNConfig, TwoTowerConfig]:
+        return (replace(config.hgnn, seed=seed) if seed_hgnn else config.hgnn), replace(config.two_tower, seed=seed)
+
+    add("hgnn", lambda seed: embedding_scorer(split, hgnn_embeddings(seeded(seed)[0]), config.two_tower.history))
     histories = histories_list(split)
     num_types = len(split.type_names)
-    tt = config.two_tower
 
-    def unified(embedding: np.ndarray) -> Scorer:
-        model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device)
+    def unified(embedding: np.ndarray, tt: TwoTowerConfig) -> Scorer:
+        degree = graph().weighted_degree(len(split.items)) if tt.item_degree else None
+        model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
+                                        degree=degree)
         cache.setdefault("tt_losses", losses)
-        return two_tower_scorer(split, model, embedding, text, tt, device)
+        return two_tower_scorer(split, model, embedding, text, tt, device, degree)
 
-    add("2t_no_gnn", lambda: unified(text))
+    # the text two-tower's embedding is the text: reading it twice in the user tower would add nothing
+    add("2t_no_gnn", lambda seed: unified(text, replace(seeded(seed)[1], user_text=False)))
 
-    def per_type() -> Scorer:
-        embedding = hgnn_embeddings()
+    def per_type(seed: int) -> Scorer:
+        hgnn, tt = seeded(seed)
+        embedding = hgnn_embeddings(hgnn)
+        degree = graph().weighted_degree(len(split.items)) if tt.item_degree else None
         scorers = {}
         for t in range(len(split.type_names)):
             model, _ = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
-                                       target_types=np.array([t]))
-            scorers[t] = two_tower_scorer(split, model, embedding, text, tt, device)
+                                       target_types=np.array([t]), degree=degree)
+            scorers[t] = two_tower_scorer(split, model, embedding, text, tt, device, degree)
 
         def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
             return scorers[int(split.item_type[candidates[0]])](users, candidates)
@@ -173,78 +239,109 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         return score
 
     add("2t_per_type", per_type)
-    add("2t_hgnn", lambda: unified(hgnn_embeddings()))
+    add("2t_hgnn", lambda seed: unified(hgnn_embeddings(seeded(seed)[0]), seeded(seed)[1]))
 
-    def no_retrain() -> Scorer:
+    def no_retrain(seed: int) -> Scorer:
+        hgnn, tt = seeded(seed)
         times = np.array([ts for _, _, ts in split.train])
         middle = float(np.median(times))
         early = [e for e in split.train if e[2] < middle]
         early_graph = graph_of(split, early, config.graph, config.graph_cache)
-        model, _ = train_hgnn(early_graph, text, config.hgnn, device)
-        full_graph = cache.get("graph") or graph_of(split, split.train, config.graph, config.graph_cache)
-        embedding = embed(model, full_graph, text, device)  # frozen HGNN, later items and edges inductively
-        return unified(embedding)
+        model, _ = train_hgnn(early_graph, text, hgnn, device)
+        embedding = embed(model, graph(), text, device)  # frozen HGNN, later items and edges inductively
+        return unified(embedding, tt)
 
     add("2t_hgnn_no_retrain", no_retrain, {"hgnn_trained_before": "median training event time"})
-    if "hgnn_losses" in cache:
+    for name, (hgnn_change, tt_change) in ABLATIONS.items():
+        hgnn_off, tt_off = replace(config.hgnn, **hgnn_change), replace(config.two_tower, **tt_change)
+        add(name, lambda _, h=hgnn_off, t=tt_off: unified(hgnn_embeddings(h), t),  # type: ignore[misc]
+            {"hgnn": hgnn_change, "two_tower": tt_change})
+    unknown = [m for m in models if m not in factories]
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; choose from {list(factories)}")
+    for name in models:
+        run(name)
+    if rows and "hgnn_losses" in cache:
         rows[0].notes["hgnn_losses"] = [round(x, 4) for x in cache["hgnn_losses"]]
-    if "tt_losses" in cache:
+    if rows and "tt_losses" in cache:
         rows[0].notes["two_tower_losses"] = [round(x, 4) for x in cache["tt_losses"]]
     return rows
 
 
-def write_report(split: Split, rows: list[Row], config: TrainConfig, command: str, out_dir: Path) -> Path:
-    """Write ``reports/<dataset>.json`` and ``.md``; returns the JSON path."""
+def write_report(split: Split, rows: list[Row], config: TrainConfig, command: str, out_dir: Path,
+                 name: str | None = None) -> Path:
+    """Write ``<out_dir>/<name or dataset>.json`` and ``.md``; returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = [r.row() for row in rows for r in row.results]
     costs = [{"model": row.model, "train_seconds": round(row.train_seconds, 1),
               "peak_rss_mib": round(row.peak_rss_mib)} for row in rows]
+    seeds = {row.model: [[r.row() for r in run] for run in row.per_seed] for row in rows if row.per_seed}
     report = {
         "dataset": split.name,
         "protocol": split.protocol,
+        "targets": "valid" if name and name.endswith("valid") else "test",
         "cut": split.cut,
         "command": command,
         "device": str(pick_device()),
         "threads": torch.get_num_threads(),
         "config": asdict(config),
         "rows": flat,
+        "seeds": seeds,
         "costs": costs,
         "notes": {row.model: row.notes for row in rows if row.notes},
     }
-    path = out_dir / f"{split.name}.json"
+    path = out_dir / f"{name or split.name}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out_dir / f"{split.name}.md").write_text(render_markdown(report))
+    path.with_suffix(".md").write_text(render_markdown(report))
     return path
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The markdown view of a JSON report."""
-    lines = [f"# {report['dataset']} ({report['protocol']})", "", f"Command: `{report['command']}`", "",
+    lines = [f"# {report['dataset']} ({report['protocol']}, {report.get('targets', 'test')} targets)", "",
+             f"Command: `{report['command']}`", "",
              f"Device: {report['device']}, {report['threads']} threads.", "",
              "| model | type | users | HR@10 | MRR | NDCG@10 | cov@100 |", "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['model']} | {r['item_type']} | {r['users']} | {r['hr10']:.4f} | {r['mrr']:.4f} | "
                      f"{r['ndcg10']:.4f} | {r['cov100']:.4f} |")
-    lines += ["", "Training cost (each row's own training, after the shared text embeddings; peak RSS of the "
-              "whole evaluation process so far):", "", "| model | train s | peak RSS MiB |", "|---|---|---|"]
+    if report.get("seeds"):
+        lines += ["", "Rows trained with several seeds (the table above shows their means): mean ± standard "
+                  "deviation over the seeds.", "", "| model | type | seeds | HR@10 | NDCG@10 |",
+                  "|---|---|---|---|---|"]
+        for model, runs in report["seeds"].items():
+            for k, first in enumerate(runs[0]):
+                hr = np.array([run[k]["hr10"] for run in runs])
+                nd = np.array([run[k]["ndcg10"] for run in runs])
+                lines.append(f"| {model} | {first['item_type']} | {len(runs)} | {hr.mean():.4f} ± {hr.std():.4f} | "
+                             f"{nd.mean():.4f} ± {nd.std():.4f} |")
+    lines += ["", "Training cost (each row's own training per seed, after the shared text embeddings; peak RSS of "
+              "the whole evaluation process so far):", "", "| model | train s | peak RSS MiB |", "|---|---|---|"]
     lines += [f"| {c['model']} | {c['train_seconds']} | {c['peak_rss_mib']} |" for c in report["costs"]]
-    lines += ["", "## Does the unified 2T-HGNN win?", ""] + verdict(report["rows"])
+    rows = [r for r in report["rows"] if not str(r["model"]).startswith("2t_hgnn-")]
+    lines += ["", "## Does the unified 2T-HGNN win?", "", "HR@10:", ""] + verdict(rows)
+    lines += ["", "NDCG@10:", ""] + verdict(rows, metric="ndcg10")
     return "\n".join(lines) + "\n"
 
 
-def verdict(rows: list[dict[str, object]], product: str = "2t_hgnn") -> list[str]:
-    """Per item type, plainly: does ``product`` have the best HR@10, and if not, which rows beat it."""
+def verdict(rows: list[dict[str, object]], product: str = "2t_hgnn", metric: str = "hr10") -> list[str]:
+    """Per item type, plainly: does ``product`` have the best ``metric``, and if not, which rows beat it (and by
+    how much)."""
+    label = {"hr10": "HR@10", "ndcg10": "NDCG@10"}.get(metric, metric)
     lines = []
     for item_type in sorted({str(r["item_type"]) for r in rows}):
-        of_type = {str(r["model"]): float(r["hr10"]) for r in rows if r["item_type"] == item_type}  # type: ignore[arg-type]
+        of_type = {str(r["model"]): float(r[metric]) for r in rows if r["item_type"] == item_type}  # type: ignore[arg-type]
         if product not in of_type:
             continue
-        better = sorted((m for m, v in of_type.items() if v > of_type[product]), key=lambda m: -of_type[m])
+        ours = of_type[product]
+        better = sorted((m for m, v in of_type.items() if v > ours), key=lambda m: -of_type[m])
         if better:
-            beaten_by = ", ".join(f"{m} ({of_type[m]:.4f})" for m in better)
-            lines.append(f"- {item_type}: **no**: {product} has HR@10 {of_type[product]:.4f}; beaten by {beaten_by}")
+            beaten_by = ", ".join(f"{m} ({of_type[m]:.4f}, +{of_type[m] - ours:.4f})" for m in better)
+            lines.append(f"- {item_type}: **no**: {product} has {label} {ours:.4f}; beaten by {beaten_by}")
         else:
-            lines.append(f"- {item_type}: yes, {product} has the best HR@10 ({of_type[product]:.4f})")
+            runner_up = max((v for m, v in of_type.items() if m != product), default=0.0)
+            lines.append(f"- {item_type}: yes, {product} has the best {label} ({ours:.4f}; next best "
+                         f"{runner_up:.4f})")
     return lines
 
 
@@ -261,4 +358,5 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-__all__ = ["MODELS", "Row", "TrainConfig", "fingerprint", "render_markdown", "run_evaluation", "write_report"]
+__all__ = ["ABLATIONS", "MODELS", "Row", "TrainConfig", "fingerprint", "render_markdown", "run_evaluation",
+           "write_report"]

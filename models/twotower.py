@@ -1,9 +1,13 @@
 """The dynamic adaptation layer: one two-tower model for all item types (2T-HGNN).
 
-User tower: for each item type :math:`t`, the mean of the item embeddings of the user's last ``history``
-items of that type, and :math:`\\log(1 + n_t)`; concatenated, through an MLP. Item tower: the item's
-embedding (HGNN, or text for the no-GNN ablation), its text embedding and a one-hot of its type, through an
-MLP. Both L2-normalised into one space. Trained on (history -> next item) pairs with in-batch negatives and
+User tower: for each item type :math:`t`, the mean of the features of the user's last ``history`` items of
+that type, the features of the user's last item (any type: the tower is not blind to order), and
+:math:`\\log(1 + n_t)`; concatenated, through an MLP. An item's features for the user tower are its embedding
+(HGNN, or text for the no-GNN ablation) beside its text embedding, so the graph adds to the text instead of
+replacing it. Item tower: the item's embedding, its text embedding, a one-hot of its type and its popularity
+in the co-interaction graph (:math:`\\log(1 + \\text{weighted degree})/10`), through an MLP: popularity lives
+inside the dot product, so retrieval stays one cosine query. Both L2-normalised into one space. Trained on
+(history -> next item) pairs with in-batch negatives and
 the logQ correction for item frequency (Yi et al., 2019):
 
 .. math:: \\ell = -\\log \\frac{e^{s(u, i)/\\tau - \\log q_i}}{\\sum_{j \\in B} e^{s(u, j)/\\tau - \\log q_j}}
@@ -30,12 +34,24 @@ class TwoTowerConfig:
     hidden: int = 512
     history: int = 50
     """Items per type the user tower reads (the stream's ``history_per_type``)."""
-    examples_per_user: int = 50
-    epochs: int = 8
+    examples_per_user: int = 30
+    epochs: int = 5
     batch: int = 1024
     lr: float = 1e-3
     weight_decay: float = 1e-6
     temperature: float = 0.05
+    user_text: bool = False
+    """User tower reads the text embeddings beside the item embeddings (off: it hurt on movielens validation,
+    reports/validation.md)."""
+    last_item: bool = True
+    """User tower reads the last item's features (order)."""
+    item_degree: bool = True
+    """Item tower reads the item's weighted degree in the co-interaction graph (popularity)."""
+    type_softmax: bool = True
+    """Each example's softmax runs over the in-batch items of its target's type, as ranking is within a type."""
+    uniform_negatives: int = 512
+    """Per step and item type, items drawn uniformly beside the in-batch negatives (mixed negative sampling,
+    Yang et al. 2020): in-batch negatives are drawn by popularity, so alone they teach little about the tail."""
     seed: int = 0
 
 
@@ -52,34 +68,59 @@ class TwoTower(nn.Module):
         num_types: number of item types.
         hidden: MLP hidden size.
         dim: size of the shared space.
+        user_text: the user tower reads text beside the embeddings.
+        last_item: the user tower reads the last item.
+        item_degree: the item tower reads the item's graph degree.
     """
 
-    def __init__(self, embed_dim: int, text_dim: int, num_types: int, hidden: int, dim: int) -> None:
+    def __init__(self, embed_dim: int, text_dim: int, num_types: int, hidden: int, dim: int,
+                 user_text: bool = False, last_item: bool = False, item_degree: bool = False) -> None:
         super().__init__()
         self.num_types = num_types
-        self.user_tower = _mlp(num_types * (embed_dim + 1), hidden, dim)
-        self.item_tower = _mlp(embed_dim + text_dim + num_types, hidden, dim)
+        self.item_degree = item_degree
+        per_item = embed_dim + (text_dim if user_text else 0)
+        self.user_tower = _mlp(num_types * (per_item + 1) + (per_item if last_item else 0), hidden, dim)
+        self.item_tower = _mlp(embed_dim + text_dim + num_types + int(item_degree), hidden, dim)
+
+    @classmethod
+    def for_config(cls, embed_dim: int, text_dim: int, num_types: int, config: TwoTowerConfig) -> TwoTower:
+        """The model that ``config`` describes."""
+        return cls(embed_dim, text_dim, num_types, config.hidden, config.dim, config.user_text, config.last_item,
+                   config.item_degree)
 
     def users(self, features: Tensor) -> Tensor:
-        """``(B, T*(E+1))`` user features -> ``(B, dim)`` unit vectors."""
+        """User features (:func:`prefix_features`) -> ``(B, dim)`` unit vectors."""
         return nn.functional.normalize(self.user_tower(features), dim=-1)
 
-    def items(self, embedding: Tensor, text: Tensor, item_type: Tensor) -> Tensor:
-        """``(N, E)``, ``(N, X)``, ``(N,)`` -> ``(N, dim)`` unit vectors."""
-        onehot = nn.functional.one_hot(item_type, self.num_types).float()
-        return nn.functional.normalize(self.item_tower(torch.cat([embedding, text, onehot], -1)), dim=-1)
+    def items(self, embedding: Tensor, text: Tensor, item_type: Tensor, degree: Tensor | None = None) -> Tensor:
+        """``(N, E)``, ``(N, X)``, ``(N,)``, weighted degree ``(N,)`` -> ``(N, dim)`` unit vectors."""
+        parts = [embedding, text, nn.functional.one_hot(item_type, self.num_types).float()]
+        if self.item_degree:
+            if degree is None:
+                raise ValueError("this model's item tower reads the items' graph degree; pass degree")
+            parts.append(torch.log1p(degree.float())[:, None] / 10.0)
+        return nn.functional.normalize(self.item_tower(torch.cat(parts, -1)), dim=-1)
+
+
+def user_item_features(embedding: np.ndarray, text: np.ndarray, config: TwoTowerConfig) -> np.ndarray:
+    """What the user tower reads of each item: the embedding, and the text beside it when ``user_text``."""
+    if config.user_text:
+        return np.concatenate([embedding, text], 1).astype(np.float32)
+    return embedding.astype(np.float32)
 
 
 def prefix_features(items: np.ndarray, positions: np.ndarray, embedding: np.ndarray, item_type: np.ndarray,
-                    num_types: int, history: int) -> np.ndarray:
-    """User-tower features of the prefixes ``items[:k]`` of one user's sequence, for each ``k`` in ``positions``:
-    per type, the mean embedding of the last ``history`` items of that type, then log(1 + count) per type.
+                    num_types: int, history: int, last_item: bool = False) -> np.ndarray:
+    """User-tower features of the prefixes ``items[:k]`` of one user's sequence (oldest first), for each ``k``
+    in ``positions``: per type, the mean ``embedding`` of the last ``history`` items of that type; the last
+    item's ``embedding`` when ``last_item``; then log(1 + count) per type.
 
     Returns:
-        ``(len(positions), num_types * (E + 1))``.
+        ``(len(positions), num_types * E + (E if last_item else 0) + num_types)``.
     """
     dim = embedding.shape[1]
-    out = np.zeros((len(positions), num_types * (dim + 1)), dtype=np.float32)
+    width = num_types * dim + (dim if last_item else 0)
+    out = np.zeros((len(positions), width + num_types), dtype=np.float32)
     types = item_type[items] if len(items) else items
     for t in range(num_types):
         where = np.flatnonzero(types == t)  # positions of type-t items in the sequence
@@ -89,19 +130,22 @@ def prefix_features(items: np.ndarray, positions: np.ndarray, embedding: np.ndar
             first = np.maximum(count - history, 0)
             n = np.maximum(count - first, 1)[:, None]
             out[:, t * dim : (t + 1) * dim] = (sums[count] - sums[first]) / n
-        out[:, num_types * dim + t] = np.log1p(count)
+        out[:, width + t] = np.log1p(count)
+    if last_item:
+        has = positions > 0
+        out[has, num_types * dim : width] = embedding[items[positions[has] - 1]]
     return out
 
 
 def user_features(histories: Sequence[Sequence[int]], embedding: np.ndarray, item_type: np.ndarray,
-                  num_types: int, history: int) -> np.ndarray:
-    """User-tower features of whole histories: ``(len(histories), num_types * (E + 1))``."""
-    dim = embedding.shape[1]
-    out = np.zeros((len(histories), num_types * (dim + 1)), dtype=np.float32)
-    for u, items in enumerate(histories):
-        sequence = np.asarray(items, dtype=np.int64)
-        out[u] = prefix_features(sequence, np.array([len(sequence)]), embedding, item_type, num_types, history)[0]
-    return out
+                  num_types: int, history: int, last_item: bool = False) -> np.ndarray:
+    """User-tower features of whole histories (oldest first), as :func:`prefix_features` at their end."""
+    rows = [prefix_features(np.asarray(items, dtype=np.int64), np.array([len(items)]), embedding, item_type,
+                            num_types, history, last_item) for items in histories]
+    if not rows:
+        return np.zeros((0, num_types * (embedding.shape[1] + 1) + (embedding.shape[1] if last_item else 0)),
+                        dtype=np.float32)
+    return np.concatenate(rows)
 
 
 def training_examples(histories: Sequence[Sequence[int]], embedding: np.ndarray, item_type: np.ndarray,
@@ -119,7 +163,8 @@ def training_examples(histories: Sequence[Sequence[int]], embedding: np.ndarray,
         if len(positions) > config.examples_per_user:
             positions = np.sort(rng.choice(positions, config.examples_per_user, replace=False))
         if len(positions):
-            features.append(prefix_features(sequence, positions, embedding, item_type, num_types, config.history))
+            features.append(prefix_features(sequence, positions, embedding, item_type, num_types, config.history,
+                                            config.last_item))
             targets.append(sequence[positions])
     return np.concatenate(features), np.concatenate(targets)
 
@@ -133,23 +178,32 @@ def train_two_tower(
     config: TwoTowerConfig,
     device: torch.device,
     target_types: np.ndarray | None = None,
+    degree: np.ndarray | None = None,
 ) -> tuple[TwoTower, list[float]]:
-    """Train on (history -> next item) pairs from ``histories`` (sequences of item indices).
+    """Train on (history -> next item) pairs from ``histories`` (sequences of item indices, oldest first);
+    ``degree`` is each item's weighted degree in the co-interaction graph (needed when ``item_degree``).
 
     Returns:
         The model and the mean loss of each epoch.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    examples, targets = training_examples(histories, embedding, item_type, num_types, config, rng, target_types)
+    examples, targets = training_examples(histories, user_item_features(embedding, text, config), item_type,
+                                          num_types, config, rng, target_types)
     features = torch.from_numpy(examples)
     frequency = np.bincount(targets, minlength=len(item_type)).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(frequency / frequency.sum(), 1e-12))).float().to(device)
+    # candidates come from the mixture of the batch (by target frequency q) and the uniform draw of the
+    # item's type: the logQ correction uses that mixture, B q_j + M / N_t (up to a constant per type)
+    type_size = np.bincount(item_type, minlength=num_types).astype(np.float64)
+    mixture = config.batch * frequency / frequency.sum() + config.uniform_negatives / type_size[item_type]
+    log_q = torch.from_numpy(np.log(np.maximum(mixture, 1e-12))).float().to(device)
+    pools = [torch.from_numpy(np.flatnonzero(item_type == t)).to(device) for t in range(num_types)]
     emb_t = torch.from_numpy(embedding).float().to(device)
     text_t = torch.from_numpy(text).float().to(device)
     type_t = torch.from_numpy(item_type).long().to(device)
+    degree_t = torch.from_numpy(_degree(degree, len(item_type))).to(device)
     targets_t = torch.from_numpy(targets).to(device)
-    model = TwoTower(embedding.shape[1], text.shape[1], num_types, config.hidden, config.dim).to(device)
+    model = TwoTower.for_config(embedding.shape[1], text.shape[1], num_types, config).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     losses = []
     for epoch in range(config.epochs):
@@ -159,10 +213,20 @@ def train_two_tower(
             idx = order[start : start + config.batch]
             items = targets_t[idx.to(device)]  # (B,)
             u = model.users(features[idx].to(device))  # (B, D)
-            v = model.items(emb_t[items], text_t[items], type_t[items])  # (B, D)
-            logits = u @ v.T / config.temperature - log_q[items][None, :]  # (B, B)
-            same = items[:, None] == items[None, :]
-            logits = logits.masked_fill(same & ~torch.eye(len(items), dtype=torch.bool, device=device), -1e9)
+            v = model.items(emb_t[items], text_t[items], type_t[items], degree_t[items])  # (B, D)
+            if config.uniform_negatives:  # (B + T*M,) candidates: the batch, then M uniform items per type
+                drawn = torch.cat([p[torch.randint(0, len(p), (config.uniform_negatives,), device=device)]
+                                   for p in pools if len(p)])
+                candidates = torch.cat([items, drawn])
+                v = torch.cat([v, model.items(emb_t[drawn], text_t[drawn], type_t[drawn], degree_t[drawn])])
+            else:
+                candidates = items
+            logits = u @ v.T / config.temperature - log_q[candidates][None, :]  # (B, C)
+            same = items[:, None] == candidates[None, :]
+            drop = same & ~torch.eye(len(items), len(candidates), dtype=torch.bool, device=device)
+            if config.type_softmax:
+                drop |= type_t[items][:, None] != type_t[candidates][None, :]
+            logits = logits.masked_fill(drop, -1e9)
             loss = nn.functional.cross_entropy(logits, torch.arange(len(items), device=device))
             optimiser.zero_grad()
             loss.backward()
@@ -174,23 +238,29 @@ def train_two_tower(
     return model, losses
 
 
+def _degree(degree: np.ndarray | None, n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.float32) if degree is None else np.asarray(degree, dtype=np.float32)
+
+
 @torch.no_grad()
 def item_vectors(model: TwoTower, embedding: np.ndarray, text: np.ndarray, item_type: np.ndarray,
-                 device: torch.device) -> np.ndarray:
+                 device: torch.device, degree: np.ndarray | None = None) -> np.ndarray:
     """Item-tower vectors of every item: ``(N, dim)``."""
     model.eval()
     out = model.items(torch.from_numpy(embedding).float().to(device), torch.from_numpy(text).float().to(device),
-                      torch.from_numpy(item_type).long().to(device))
+                      torch.from_numpy(item_type).long().to(device),
+                      torch.from_numpy(_degree(degree, len(item_type))).to(device))
     model.train()
     return out.cpu().numpy()
 
 
 @torch.no_grad()
-def user_vectors(model: TwoTower, histories: Sequence[Sequence[int]], embedding: np.ndarray,
-                 item_type: np.ndarray, history: int, device: torch.device) -> np.ndarray:
-    """User-tower vectors from histories: ``(U, dim)``."""
+def user_vectors(model: TwoTower, histories: Sequence[Sequence[int]], embedding: np.ndarray, text: np.ndarray,
+                 item_type: np.ndarray, config: TwoTowerConfig, device: torch.device) -> np.ndarray:
+    """User-tower vectors from histories (oldest first): ``(U, dim)``."""
     model.eval()
-    features = user_features(histories, embedding, item_type, model.num_types, history)
+    features = user_features(histories, user_item_features(embedding, text, config), item_type, model.num_types,
+                             config.history, config.last_item)
     out = model.users(torch.from_numpy(features).to(device)).cpu().numpy()
     model.train()
     return out

@@ -51,7 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True, help="dataset folder in the shared layout")
     evaluate.add_argument("--out", type=Path, default=Path("reports"))
     evaluate.add_argument("--models", default=None, help="comma-separated rows (default: all)")
-    evaluate.add_argument("--split", default="test", choices=["test", "valid"], help="holdout rows to score")
+    evaluate.add_argument("--split", default="test", choices=["test", "valid"],
+                          help="targets: test, or valid for model selection (the holdout's valid rows; for a time "
+                               "split, a second cut inside the training period); valid writes <dataset>-valid.*")
+    evaluate.add_argument("--seeds", type=int, default=1,
+                          help="train 2t_hgnn and 2t_no_gnn with this many seeds; the table shows the means")
+    evaluate.add_argument("--fixed-hgnn-seed", action="store_true",
+                          help="seeds vary the two-towers only; the HGNN is trained once (for cost)")
+    evaluate.add_argument("--ablation", action="store_true",
+                          help="add the 2t_hgnn-no_<lever> rows: the unified model with each lever off")
     _model_options(evaluate)
 
     status = sub.add_parser("status", help="the dashboard's key figures once, from the running API")
@@ -63,7 +71,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hgnn-epochs", type=int, default=None)
-    parser.add_argument("--hgnn-text-skip", action="store_true", help="HGNN output adds a projection of the text")
     parser.add_argument("--tt-epochs", type=int, default=None, help="two-tower epochs")
 
 
@@ -74,7 +81,7 @@ def _train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
     from models.train import TrainConfig
     from models.twotower import TwoTowerConfig
 
-    hgnn = HGNNConfig(text_skip=args.hgnn_text_skip)
+    hgnn = HGNNConfig()
     if args.hgnn_epochs is not None:
         hgnn = replace(hgnn, epochs=args.hgnn_epochs)
     towers = TwoTowerConfig(history=settings.streams.history_per_type)
@@ -169,16 +176,24 @@ def main(argv: list[str] | None = None) -> int:
                                           fingerprint(args.data))
             print(f"model written to {directory}\nserve it with GFM_MODEL__DIR={directory} gfm up")
             return 0
-        from models.train import MODELS, run_evaluation, write_report
+        from models.train import ABLATIONS, MODELS, run_evaluation, write_report
 
         models = tuple(args.models.split(",")) if args.models else MODELS
-        unknown = set(models) - set(MODELS)
+        unknown = set(models) - set(MODELS) - set(ABLATIONS)
         if unknown:
-            print(f"--models: unknown {sorted(unknown)}; choose from {', '.join(MODELS)}", file=sys.stderr)
+            print(f"--models: unknown {sorted(unknown)}; choose from {', '.join(MODELS + tuple(ABLATIONS))}",
+                  file=sys.stderr)
             return 2
+        if args.seeds < 1:
+            print(f"--seeds: {args.seeds} is not a positive count", file=sys.stderr)
+            return 2
+        if args.ablation:
+            models += tuple(a for a in ABLATIONS if a not in models)
         split = load_split(args.data, args.split)
-        rows = run_evaluation(split, encoder, config, models)
-        path = write_report(split, rows, config, command, args.out)
+        name = f"{split.name}-valid" if args.split == "valid" else split.name
+        rows = run_evaluation(split, encoder, config, models, args.seeds, seed_hgnn=not args.fixed_hgnn_seed,
+                              on_row=lambda so_far: write_report(split, so_far, config, command, args.out, name))
+        path = write_report(split, rows, config, command, args.out, name)
         print(path.with_suffix(".md").read_text())
         return 0
 

@@ -124,3 +124,74 @@ def test_metrics_on_a_hand_computed_case():
     mrr = np.where(ranks < 100, 1 / (ranks + 1), 0).mean()
     assert hr == pytest.approx(3 / 5)
     assert mrr == pytest.approx((1 + 1 / 5 + 1 / 10 + 1 / 11) / 5)
+
+
+def _split(n_items: int, histories: dict[str, list[int]], targets: list[tuple[str, int]],
+           types: list[str] | None = None):
+    """A hand-made :class:`Split` of ``n_items`` items (one type ``a`` unless ``types``)."""
+    from models.datasets import Item
+    from models.evaluate import Split
+
+    types = types or ["a"] * n_items
+    type_names = sorted(set(types))
+    items = [Item(f"i{n}", t, f"item {n}", "") for n, t in enumerate(types)]
+    train = [(u, i, float(k)) for u, h in histories.items() for k, i in enumerate(h)]
+    by_type: dict[str, list[tuple[str, int]]] = {t: [] for t in type_names}
+    for user, item in targets:
+        by_type[types[item]].append((user, item))
+    return Split("toy", items, {it.item_id: n for n, it in enumerate(items)}, type_names,
+                 np.array([type_names.index(t) for t in types]), train, histories, by_type, "user-holdout")
+
+
+def test_evaluator_metrics_on_hand_computed_rankings():
+    from models.evaluate import evaluate_scorer
+
+    # 120 items; every user scores item n as -n, so the ranking is 0, 1, 2, ... minus the user's history
+    histories = {"u0": [119], "u1": [2, 119], "u2": [119], "u3": [0, 1], "u4": [119]}
+    targets = [("u0", 0), ("u1", 4), ("u2", 10), ("u3", 9), ("u4", 110)]
+    split = _split(120, histories, targets)
+    result = evaluate_scorer(split, "fixed", lambda users, cand: np.tile(-cand.astype(float), (len(users), 1)),
+                             "a", batch=2)
+    ranks = [0, 3, 10, 7, 110]  # u1 loses item 2 to its history, u3 loses items 0 and 1
+    assert result.users == 5
+    assert result.hr10 == pytest.approx(3 / 5)
+    assert result.mrr == pytest.approx((1 + 1 / 4 + 1 / 11 + 1 / 8 + 0) / 5)  # rank 110 is past the top 100
+    assert result.ndcg10 == pytest.approx((1 + 1 / np.log2(5) + 1 / np.log2(9)) / 5)
+    assert ranks[2] >= 10 and ranks[4] >= 100
+    # top 100s: items 0..99 (u0, u2, u4), 0..100 without 2 (u1), 2..101 (u3): items 0..101 are covered
+    assert result.cov100 == pytest.approx(102 / 120)
+
+
+def test_evaluator_breaks_ties_by_popularity():
+    from models.evaluate import evaluate_scorer, popularity_scorer
+
+    # popularity: item 3 > item 1 > item 0 > item 2 (training counts 4, 3, 2, 1)
+    histories = {"a": [3, 3, 1, 0], "b": [3, 1, 0, 2], "c": [3, 1], "d": [4]}
+    split = _split(12, histories, [("d", 1), ("d", 2)])
+    zero = evaluate_scorer(split, "zero", lambda users, cand: np.zeros((len(users), len(cand))), "a")
+    pop = evaluate_scorer(split, "popularity", popularity_scorer(split), "a")
+    # target 1 ranks second (after 3), target 2 fourth (after 3, 1, 0), for both scorers; d's item 4 excluded
+    for result in (zero, pop):
+        assert result.mrr == pytest.approx((1 / 2 + 1 / 4) / 2)
+        assert result.ndcg10 == pytest.approx((1 / np.log2(3) + 1 / np.log2(5)) / 2)
+
+
+def test_cooc_knn_is_the_reference_formula_on_a_toy_matrix():
+    from models.evaluate import cooc_scorer
+
+    histories = {"u1": [0, 1, 2], "u2": [0, 1], "u3": [1, 2, 3], "u4": [3, 4, 4], "q": [0, 3]}
+    split = _split(5, histories, [])
+    # distinct user x item matrix, co-counts c(i, j) = users who consumed both, zero diagonal
+    ui = np.array([[1 if i in set(h) else 0 for i in range(5)] for h in histories.values()], dtype=float)
+    cooc = ui.T @ ui
+    np.fill_diagonal(cooc, 0)
+    popularity = np.array([3.0, 3, 2, 3, 2])  # training counts, repeats included (u4 plays item 4 twice)
+    np.testing.assert_array_equal(split.popularity, popularity)
+    candidates = np.arange(5)
+    expected = (cooc[0] + cooc[3]) / np.sqrt(popularity)  # user q consumed items 0 and 3
+    np.testing.assert_allclose(cooc_scorer(split)(["q"], candidates)[0], expected)
+    np.testing.assert_allclose(cooc_scorer(split, normalise=False)(["q"], candidates)[0], cooc[0] + cooc[3])
+    # by hand: c(1, 0) = 2 (u1, u2), c(1, 3) = 1 (u3), p(1) = 3: s(1) = 3 / sqrt(3);
+    # c(4, 0) = 0, c(4, 3) = 1 (u4), p(4) = 2: s(4) = 1 / sqrt(2); c(2, 0) = 1, c(2, 3) = 1, p(2) = 2
+    assert cooc_scorer(split)(["q"], candidates)[0] == pytest.approx(
+        [1 / np.sqrt(3), 3 / np.sqrt(3), 2 / np.sqrt(2), 1 / np.sqrt(3), 1 / np.sqrt(2)])

@@ -57,6 +57,22 @@ def test_time_split_targets_are_new_items_after_the_cut(dataset):
             assert item not in split.histories[user]
 
 
+def test_time_split_validation_cut_never_sees_the_test_period(dataset):
+    folder, _ = dataset
+    (folder / "holdout.tsv").rename(folder / "holdout.off")
+    try:
+        test, valid = load_split(folder), load_split(folder, "valid")
+    finally:
+        (folder / "holdout.off").rename(folder / "holdout.tsv")
+    assert valid.cut is not None and test.cut is not None and valid.cut < test.cut
+    assert all(ts < valid.cut for _, _, ts in valid.train)
+    assert len(valid.train) < len(test.train)
+    assert sum(len(t) for t in valid.targets.values()) > 0
+    # every validation target was consumed inside the training period of the test split
+    seen = {(u, i) for u, i, _ in test.train}
+    assert all((u, i) in seen for targets in valid.targets.values() for u, i in targets)
+
+
 def test_trained_model_serves_through_the_refresher(dataset, tmp_path):
     folder, data = dataset
     encoder = HashingEncoder(64)
@@ -81,3 +97,92 @@ def test_trained_model_serves_through_the_refresher(dataset, tmp_path):
     assert np.isclose(np.linalg.norm(user.vector), 1.0, atol=1e-5)
     hits = store.search(user.vector, 5, item_type="podcast", exclude=user.consumed)
     assert len(hits) == 5 and "p0000" not in {h.item_id for h in hits}
+
+
+def write_planted(folder, items_per_type: int = 30, users: int = 400, length: int = 8, seed: int = 3):
+    """Items of two types on one hidden cycle (a random order of all items); every user walks ``length + 1``
+    consecutive items of it from a random start; the last is held out. Titles are random, so only the walks
+    say what comes next: the held-out item is planted right after the user's last training item."""
+    rng = np.random.default_rng(seed)
+    ids = [f"{t[0]}{n:03d}" for t in ("podcast", "audiobook") for n in range(items_per_type)]
+    cycle = [ids[k] for k in rng.permutation(len(ids))]
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "items.tsv").open("w") as out:
+        out.write("item_id\titem_type\ttitle\ttext\n")
+        for item_id in ids:
+            kind = "podcast" if item_id[0] == "p" else "audiobook"
+            out.write(f"{item_id}\t{kind}\ttitle {rng.integers(10**6)}\t\n")
+    events, holdout = [], []
+    for u in range(users):
+        start = int(rng.integers(len(cycle)))
+        walk = [cycle[(start + k) % len(cycle)] for k in range(length + 1)]
+        t0 = 1_000_000 + u
+        events += [(t0 + 1000 * k, f"u{u}", item) for k, item in enumerate(walk[:-1])]
+        holdout.append((f"u{u}", walk[-1]))
+    with (folder / "events.tsv").open("w") as out:
+        out.write("user_id\titem_id\tts\n")
+        out.writelines(f"{user}\t{item}\t{ts}\n" for ts, user, item in sorted(events))
+    with (folder / "holdout.tsv").open("w") as out:
+        out.write("user_id\titem_id\tsplit\n")
+        out.writelines(f"{user}\t{item}\ttest\n" for user, item in holdout)
+    return folder
+
+
+def test_trained_model_ranks_a_planted_next_item_above_chance(tmp_path):
+    split = load_split(write_planted(tmp_path / "planted"))
+    config = TrainConfig(hgnn=HGNNConfig(hidden=32, out=16, epochs=5, batch_edges=256),
+                         two_tower=TwoTowerConfig(dim=32, hidden=64, epochs=15, batch=128, lr=3e-3,
+                                                  temperature=0.1))
+    rows = {row.model: row for row in run_evaluation(split, HashingEncoder(64), config, ("popularity", "2t_hgnn"))}
+    for result in rows["2t_hgnn"].results:
+        candidates = len(split.items_of(result.item_type)) - 8  # at most 8 of them excluded as history
+        chance = 10 / candidates
+        assert result.users > 150
+        assert result.hr10 > 2 * chance, (result, chance)
+        popularity = next(r for r in rows["popularity"].results if r.item_type == result.item_type)
+        assert result.hr10 > popularity.hr10 + 0.2
+
+
+def test_served_model_computes_what_the_evaluation_computed(tmp_path):
+    """Item and user vectors from the refresher's side (a LiveGraph fed the stream's adjacencies and user
+    states) equal the evaluation's vectors (``two_tower_scorer``'s functions on the split) for the same weights."""
+    import torch
+
+    from models.embedding import LiveGraph
+    from models.graph import build_graph
+    from models.hgnn import embed
+    from models.text import item_text
+    from models.train import graph_of, text_embeddings
+    from models.twotower import item_vectors, user_vectors
+
+    folder = write_dataset(generate(users=80, items_per_type=80, events_per_user=8, seed=11), tmp_path / "data")
+    encoder = HashingEncoder(64)
+    split = load_split(folder, everything=True)
+    served = TrainedModel(train_for_serving(split, encoder, SMALL, tmp_path / "models", "abc"), encoder.name)
+    device = torch.device("cpu")
+
+    # the evaluation's path
+    text = text_embeddings(split, encoder)
+    typed = graph_of(split, split.train, SMALL.graph)
+    embedding = embed(served.hgnn, typed, text, device)
+    expected_items = item_vectors(served.towers, embedding, text, split.item_type, device,
+                                  typed.weighted_degree(len(split.items)))
+    users = [u for u, h in split.histories.items() if len(set(h)) == len(h)]  # no replays: states keep each once
+    expected_users = user_vectors(served.towers, [split.histories[u] for u in users], embedding, text,
+                                  split.item_type, served.tt_config, device)
+
+    # the serving path: the stream's own graph and user states, items in another row order
+    cograph = build_graph((str(n), u, split.items[i].item_id, split.items[i].item_type, ts)
+                          for n, (u, i, ts) in enumerate(split.train))
+    live = LiveGraph(text_dim=64, vector_dim=served.dim)
+    for n in reversed(range(len(split.items))):
+        item = split.items[n]
+        live.set_text(item.item_id, item.item_type, item.title,
+                      encoder.encode([item_text(item.item_type, item.title, item.text)])[0])
+    for item_id, adjacency in cograph.adjacency.items():
+        live.set_adjacency(item_id, split.items[split.index[item_id]].item_type, adjacency)
+    rows = [live.rows[item.item_id] for item in split.items]
+    np.testing.assert_allclose(served.item_vectors(rows, live), expected_items, atol=1e-5)
+    states = [cograph.users[u] for u in users]
+    assert len(states) > 10
+    np.testing.assert_allclose(served.user_vectors(states, live), expected_users, atol=1e-5)
