@@ -30,6 +30,7 @@ from streams.records import ListenEvent  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from workers.kafka_io import EventSink, dataset_events, make_producer, publish_catalog  # noqa: E402
 from workers.stack import Stack, http_json  # noqa: E402
+from workers.statecheck import stream_metric  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -37,19 +38,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def scrape(port: int) -> dict[str, float]:
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("gfm_") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            base = name.split("{")[0]
-            out[base] = out.get(base, 0.0) + float(value)
-    return out
 
 
 def endless(data: Path) -> itertools.chain[ListenEvent]:
@@ -98,7 +86,10 @@ def main() -> None:
                 stack.check()
                 now = time.monotonic()
                 if now >= next_sample:
-                    worker = scrape(settings.streams.metrics_port)
+                    port = settings.streams.metrics_port
+                    worker = {name: stream_metric(port, name) for name in (
+                        "gfm_stream_events_total", "gfm_graph_pairs_published_total", "gfm_graph_pairs_total",
+                        "gfm_graph_pairs_redelivered_total")}
                     _, health = http_json(f"{stack.api_url}/healthz")
                     refresher = health.get("refresher", {})
                     sample = {

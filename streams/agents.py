@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,6 +353,17 @@ class OffsetTracker:
             if expected is not None and offset > expected:
                 raise OffsetGap(f"partition {partition}: offsets {expected}..{offset - 1} were skipped")
             self.next[partition] = offset + 1
+
+
+def fold_pairs_log(partitions: Iterable[tuple[int, Sequence[bytes | None]]], max_degree: int) -> dict[str, Adjacency]:
+    """The adjacency that folding each partition of the pairs topic once, in its order, gives: the reference where
+    the degree cap makes cross-partition arrival order matter (redelivered groups in the log are skipped, as the
+    agent skips them)."""
+    table: dict[str, ItemEntry] = {}
+    for partition, values in partitions:
+        batch = fold_pairs(((v, partition, o) for o, v in enumerate(values)), table.get, max_degree)
+        table.update(batch.items)
+    return {item_id: entry.adjacency for item_id, entry in table.items()}
 
 
 def encode_user(user_id: str, entry: UserEntry, event_ts: float) -> tuple[bytes, bytes]:

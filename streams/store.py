@@ -9,18 +9,17 @@ database of its own partition. Registered as ``gfm-rocksdb://``.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from faust.stores import STORES
 from faust.stores.rocksdb import Store as RocksDBStore
-from kafka.partitioner.default import murmur2
+
+from streams.agents import partition_for
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def key_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partition of a ``bytes`` key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    """Kafka's default partition of a table key (the agents route messages with the same function)."""
+    return partition_for(key.decode(), partitions)
 
 
 class PartitionedRocksDBStore(RocksDBStore):

@@ -34,6 +34,7 @@ from streams.agents import (
     encode_user,
     fold_events,
     fold_pairs,
+    fold_pairs_log,
     pack_pairs,
     partition_for,
 )
@@ -148,14 +149,9 @@ class LogHarness:
         return {item_id: decode_item(raw).adjacency for item_id, raw in table.items()}
 
     def fold_pairs_log(self) -> dict[str, Adjacency]:
-        """The adjacency that folding each pairs partition once, in its order, gives (the reference where the
-        degree cap makes cross-partition arrival order matter)."""
-        table: dict[str, ItemEntry] = {}
-        for partition, log in self.pairs.items():
-            batch = fold_pairs(((raw, partition, o) for o, raw in enumerate(log)), table.get,
-                               self.config.graph.max_degree)
-            table.update(batch.items)
-        return {item_id: entry.adjacency for item_id, entry in table.items()}
+        """The adjacency that folding each pairs partition once, in its order, gives (see
+        :func:`streams.agents.fold_pairs_log`)."""
+        return fold_pairs_log(self.pairs.items(), self.config.graph.max_degree)
 
 
 def hostile_messages(n: int, seed: int = 0, huge: int = 4) -> list[tuple[str, bytes | None]]:

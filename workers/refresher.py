@@ -70,11 +70,6 @@ class Changes:
     users: dict[str, UserUpdate] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
 
-    @property
-    def invalid(self) -> int:
-        """How many records (or catalogue pack elements) were rejected."""
-        return len(self.dead)
-
 
 def collect(records: Iterable[Record], kafka: KafkaSettings) -> Changes:
     """Sort raw records into a :class:`Changes`; undecodable ones become dead letters (nothing else escapes)."""

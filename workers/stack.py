@@ -15,10 +15,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from models.datasets import Item
 from models.synthetic import generate
@@ -27,6 +27,7 @@ from workers.kafka_io import EventSink, ensure_topics, make_producer, publish_ca
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def tansu_binary() -> str:
@@ -143,15 +144,29 @@ class Stack:
             self._spawn(service, ["worker", service], env)
         if "api" not in self.services:
             return
+
+        def answers() -> bool:
+            with contextlib.suppress(OSError):
+                return http_json(f"{self.api_url}/healthz", timeout=1.0)[0] == 200
+            return False
+
+        self.wait_until(answers, timeout_s, f"the API to answer at {self.api_url}", interval_s=0.3)
+
+    def wait_until(self, predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
+        """Poll ``predicate`` until it returns something truthy (returned), supervising the children meanwhile.
+
+        Raises:
+            TimeoutError: naming ``what`` after ``timeout_s``.
+            GaveUp: when a child cannot be kept running.
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check()
-            with contextlib.suppress(OSError):
-                status, _ = http_json(f"{self.api_url}/healthz", timeout=1.0)
-                if status == 200:
-                    return
-            time.sleep(0.3)
-        raise TimeoutError(f"the API did not answer at {self.api_url} within {timeout_s:.0f} s")
+            result = predicate()
+            if result:
+                return result
+            time.sleep(interval_s)
+        raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
     def check(self) -> None:
         """Restart every child that has exited, with backoff (see :class:`RestartPolicy`).
@@ -246,14 +261,12 @@ def run_demo(stack: Stack, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]
     finally:
         producer.close()
     user = data.events[-1].user_id
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stack.check()
+
+    def recommendations() -> dict[str, Any] | None:
         status, body = http_json(f"{stack.api_url}/users/{user}/recommendations?type=podcast&k=5")
-        if status == 200 and body["items"]:
-            return user, body
-        time.sleep(0.5)
-    raise TimeoutError(f"no recommendations for demo user {user} within {timeout_s:.0f} s")
+        return body if status == 200 and body["items"] else None
+
+    return user, stack.wait_until(recommendations, timeout_s, f"recommendations for demo user {user}", 0.5)
 
 
 def up(settings: Settings, demo: bool = True, exit_after_demo: bool = False) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from models.graph import Adjacency, CoGraph, GraphConfig, UserState
-from streams.agents import ItemEntry, decode_item, decode_user, fold_pairs
+from streams.agents import decode_item, decode_user, fold_pairs_log
 
 
 class TopicMirror:
@@ -80,12 +80,8 @@ def stream_state(mirror: TopicMirror, app_id: str) -> tuple[dict[str, UserState]
 
 def fold_pairs_topic(mirror: TopicMirror, pairs_topic: str, max_degree: int) -> dict[str, Adjacency]:
     """The adjacency that folding each partition of the pairs topic once, in its order, gives."""
-    table: dict[str, ItemEntry] = {}
-    for tp, values in mirror.log.items():
-        if tp.topic == pairs_topic:
-            batch = fold_pairs(((v, tp.partition, o) for o, v in enumerate(values)), table.get, max_degree)
-            table.update(batch.items)
-    return {item_id: entry.adjacency for item_id, entry in table.items()}
+    return fold_pairs_log(((tp.partition, values) for tp, values in mirror.log.items() if tp.topic == pairs_topic),
+                          max_degree)
 
 
 @dataclass
@@ -177,10 +173,6 @@ def stream_metric(metrics_port: int, name: str) -> float:
                if line.startswith((f"{name}{{", f"{name} ")))
 
 
-def stream_events_seen(metrics_port: int) -> float:
-    """Events the stream worker has read since it started."""
-    return stream_metric(metrics_port, "gfm_stream_events_total")
-
 
 def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate: float,
                        catch_up_limit_s: float = 600.0) -> dict[str, Any]:
@@ -209,7 +201,7 @@ def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate:
         sink.send(events[start : start + chunk], wait=False)
         while pending and start >= pending[0].at * len(events):
             # the replay waits for a restarted worker to be reading again before the next fault
-            if stream_events_seen(settings.streams.metrics_port) == 0:
+            if stream_metric(settings.streams.metrics_port, "gfm_stream_events_total") == 0:
                 waited = time.monotonic()
                 stack.check()
                 time.sleep(0.2)

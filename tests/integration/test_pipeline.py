@@ -6,13 +6,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from models.datasets import Item
 from models.text import HashingEncoder, item_text
 from streams.records import ListenEvent
 from workers.kafka_io import EventSink, make_producer, publish_catalog
 from workers.stack import Stack, http_json
+from workers.statecheck import TopicMirror
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +28,6 @@ def _event(n: int, user: str, item: Item) -> ListenEvent:
                        item_type=item.item_type, ts=time.time())
 
 
-def _wait(predicate, timeout_s: float, what: str, stack: Stack):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stack.check()
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +64,7 @@ def test_event_changes_recommendations_within_seconds_and_bad_input_is_dead_lett
         status, body = http_json(f"{stack.api_url}/items/A/similar?type=audiobook&k=10")
         return status == 200 and "B" in {i["item_id"] for i in body["items"]}
 
-    _wait(anchor_neighbours, 60, "the co-interaction graph to reach the item vectors", stack)
+    stack.wait_until(anchor_neighbours, 60, "the co-interaction graph to reach the item vectors", interval_s=0.05)
 
     # bad input: an unreadable message and a pack with one bad event, before the new user's events
     producer.send(settings.kafka.topic("events"), value=b"{not json", partition=0).get(10)
@@ -87,19 +78,17 @@ def test_event_changes_recommendations_within_seconds_and_bad_input_is_dead_lett
         status, body = http_json(f"{stack.api_url}/users/newbie/recommendations?type=audiobook&k=10")
         return status == 200 and body if any(i["item_id"] == "B" for i in body.get("items", [])) else None
 
-    body = _wait(newbie_gets_target, 5.0, "the new user's recommendations to include B", stack)
+    body = stack.wait_until(newbie_gets_target, 5.0, "the new user's recommendations to include B", interval_s=0.05)
     elapsed = time.monotonic() - started
     assert elapsed < 5.0
     assert all(i["item_type"] == "audiobook" for i in body["items"])
     assert "A" not in {i["item_id"] for i in body["items"]}
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=3000)
-    dlq = TopicPartition(settings.kafka.topic("dead-letter"), 0)
-    consumer.assign([dlq])
-    consumer.seek_to_beginning(dlq)
-    letters = [json.loads(m.value) for m in consumer]
-    consumer.close()
+    dlq = settings.kafka.topic("dead-letter")
+    mirror = TopicMirror(settings.kafka.bootstrap, [dlq], keep_log=[dlq])
+    mirror.refresh(idle_s=3.0)
+    mirror.close()
+    letters = [json.loads(v) for values in mirror.log.values() for v in values]
     reasons = {(letter["field"], letter["original"][:9]) for letter in letters}
     assert ("<message>", "{not json") in reasons
     ts_letters = [letter for letter in letters if letter["field"] == "ts"]
@@ -129,7 +118,7 @@ def test_post_events_reach_the_user(stack):
         status, body = http_json(f"{stack.api_url}/users/poster/recommendations?type=audiobook&k=5")
         return status == 200 and body["items"]
 
-    items = _wait(recommended, 10, "recommendations for the posting user", stack)
+    items = stack.wait_until(recommended, 10, "recommendations for the posting user", interval_s=0.05)
     assert not {"O3", "O4"} & {i["item_id"] for i in items}
     status, body = http_json(f"{stack.api_url}/events", "POST", {"user_id": "poster", "item_id": "x",
                                                                   "item_type": "audiobook", "ts": "soon"})

@@ -6,7 +6,6 @@ import random
 import time
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from models.graph import build_graph
 from streams.testing import hostile_messages
@@ -26,14 +25,9 @@ from workers.statecheck import (
 pytestmark = pytest.mark.integration
 
 
-def _dead_letters(bootstrap: str, topic: str) -> list[dict]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=2000)
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    letters = [json.loads(m.value) for m in consumer]
-    consumer.close()
-    return letters
+def _dead_letters(mirror: TopicMirror) -> list[dict]:
+    mirror.refresh(idle_s=1.0)
+    return [json.loads(v) for values in mirror.log.values() for v in values]
 
 
 def test_ten_thousand_hostile_messages_change_nothing_but_the_dead_letter_topic(tmp_path):
@@ -67,17 +61,20 @@ def test_ten_thousand_hostile_messages_change_nothing_but_the_dead_letter_topic(
         mirror = TopicMirror(settings.kafka.bootstrap, [*changelog_topics(settings.streams.app_id),
                                                         settings.kafka.topic("pairs")],
                              keep_log=[settings.kafka.topic("pairs")])
+        dead = TopicMirror(settings.kafka.bootstrap, [settings.kafka.topic("dead-letter")],
+                           keep_log=[settings.kafka.topic("dead-letter")])
         deadline = time.monotonic() + 240
         while True:
             stack.check()
             mirror.refresh(idle_s=1.0)
-            letters = _dead_letters(settings.kafka.bootstrap, settings.kafka.topic("dead-letter"))
+            letters = _dead_letters(dead)
             users, adjacency = stream_state(mirror, settings.streams.app_id)
             result = compare(users, adjacency, expected, uncapped,
                              fold_pairs_topic(mirror, settings.kafka.topic("pairs"), config.max_degree))
             if (result.exact and len(letters) >= len(hostile)) or time.monotonic() > deadline:
                 break
         mirror.close()
+        dead.close()
         assert result.exact, result.as_dict()
         assert len(letters) == len(hostile)
         assert all(letter["reason"] and letter["field"] for letter in letters)

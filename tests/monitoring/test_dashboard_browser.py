@@ -34,15 +34,6 @@ def _legend_values(page, key: str) -> dict[str, str]:
     return page.eval_on_selector_all(f'[data-panel="{key}"] .legend .v', script)
 
 
-def _poll(predicate, timeout_s: float, what: str, stack: Stack):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stack.check()
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _streams_lag(page) -> float | None:
@@ -85,7 +76,7 @@ def test_dashboard_renders_live_panels_and_lag_drains_after_a_burst(tmp_path):
                               and page.locator(f'[data-panel="{p.key}"] polyline').count() == 0]
                 return not missing or None
             try:
-                _poll(all_drawn, 90, "every panel to draw a line", stack)
+                stack.wait_until(all_drawn, 90, "every panel to draw a line", interval_s=0.5)
             except AssertionError as error:
                 raise AssertionError(f"{error}: {missing} drew nothing") from None
             assert page.text_content('[data-panel="model"] .big').startswith("textprop-hashing")
@@ -104,10 +95,11 @@ def test_dashboard_renders_live_panels_and_lag_drains_after_a_burst(tmp_path):
             flow.stop()  # lag reads zero only when nothing new arrives between two commits
             burst_at = time.monotonic()
             flow.send(30_000)
-            peak = _poll(lambda: (lag := _streams_lag(page)) and lag > 100 and lag, 30, "the burst's lag", stack)
-            _poll(lambda: _streams_lag(page) == 0, 150, "the lag to return to zero", stack)
-            _poll(lambda: set(_legend_values(page, "lag").values()) == {"0"}, 150, "every group's lag to be zero",
-                  stack)
+            peak = stack.wait_until(lambda: (lag := _streams_lag(page)) and lag > 100 and lag, 30, "the burst's lag",
+                                    interval_s=0.5)
+            stack.wait_until(lambda: _streams_lag(page) == 0, 150, "the lag to return to zero", interval_s=0.5)
+            stack.wait_until(lambda: set(_legend_values(page, "lag").values()) == {"0"}, 150,
+                             "every group's lag to be zero", interval_s=0.5)
             print(f"burst of 30,000 events: the page showed the events topic's lag at {peak:.0f} records; every "
                   f"group's lag read zero {time.monotonic() - burst_at:.1f} s after the burst was sent")
             time.sleep(3)
