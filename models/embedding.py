@@ -95,6 +95,8 @@ class LiveGraph:
             self.followers.setdefault(new, set()).add(item_id)
         self.adjacency[item_id] = adjacency
         self.version += 1
+        for neighbour, entry in adjacency.items():  # every item a model reads has a row (maybe without text yet)
+            self.row(neighbour, entry[0])
         return self.row(item_id, item_type)
 
     def affected(self, adjacency_changed: set[str], text_changed: set[str], hops: int) -> set[str]:

@@ -20,11 +20,12 @@ import torch
 
 from models.embedding import LiveGraph
 from models.evaluate import Split
+from models.features import graph_tensors
 from models.graph import UserState
-from models.hgnn import HGNN, HGNNConfig, TypedGraph, embed, train_hgnn
+from models.hgnn import HGNN, HGNNConfig, embed, train_hgnn
 from models.text import TextEncoder
 from models.train import TrainConfig, graph_of, histories_list, peak_rss_mib, pick_device, text_embeddings
-from models.twotower import TwoTower, TwoTowerConfig, train_two_tower, user_features, user_item_features
+from models.twotower import TwoTower, TwoTowerConfig, train_two_tower, user_vectors
 
 
 def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, out_root: Path,
@@ -37,7 +38,7 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     hgnn, hgnn_losses = train_hgnn(graph, text, config.hgnn, device)
     embedding = embed(hgnn, graph, text, device)
     degree = graph.weighted_degree(len(split.items)) if config.two_tower.item_degree else None
-    towers, tt_losses = train_two_tower(histories_list(split), embedding, text, split.item_type,
+    towers, tt_losses = train_two_tower(histories_list(split, config.graph), embedding, text, split.item_type,
                                         len(split.type_names), config.two_tower, device, degree=degree)
     version = f"2t-hgnn-{split.name}-{fingerprint}-{time.strftime('%Y%m%d%H%M%S')}"
     directory = out_root / version
@@ -114,21 +115,8 @@ class TrainedModel:
         stamp = (len(graph), graph.version)
         if self._embedding is not None and stamp == self._stamp:
             return
-        codes = self._type_codes(graph)
-        src, dst, weight = [], [], []
-        for item_id, adjacency in graph.adjacency.items():
-            row = graph.rows.get(item_id)
-            if row is None:
-                continue
-            for neighbour, (_, w, _) in adjacency.items():
-                other = graph.rows.get(neighbour)
-                if other is not None:
-                    src.append(other)
-                    dst.append(row)
-                    weight.append(w)
         # an item of a type the model has never seen is embedded as the first type (its text still counts)
-        typed = TypedGraph.build(np.maximum(codes, 0), self.type_names, np.array(src, dtype=np.int64),
-                                 np.array(dst, dtype=np.int64), np.array(weight, dtype=np.float32))
+        typed = graph_tensors(graph.adjacency, graph.rows, np.maximum(self._type_codes(graph), 0), self.type_names)
         self._embedding = embed(self.hgnn, typed, graph.text(np.arange(len(graph))), self.device)
         self._degree = typed.weighted_degree(len(graph))
         self._stamp = stamp
@@ -148,24 +136,6 @@ class TrainedModel:
 
     @torch.no_grad()
     def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
-        embedding = self.hgnn_embeddings(graph)
-        codes = self._type_codes(graph)
-        histories = []
-        for state in states:
-            # every type's recent items merged oldest first, as training read the user's sequence
-            recent = sorted((ts, graph.rows[i]) for rows in state["recent"].values() for i, ts in rows
-                            if i in graph.rows)
-            histories.append([r for _, r in recent if codes[r] >= 0])
-        per_item = user_item_features(embedding, graph.text(np.arange(len(graph))), self.tt_config)
-        features = user_features(histories, per_item, np.maximum(codes, 0), len(self.type_names),
-                                 self.tt_config.history, self.tt_config.last_item)
-        # the state keeps a bounded history; the counts feature is the user's full count per type (the last
-        # len(type_names) columns)
-        first = features.shape[1] - len(self.type_names)
-        for u, state in enumerate(states):
-            for k, name in enumerate(self.type_names):
-                features[u, first + k] = np.log1p(state["counts"].get(name, 0))
-        vectors = self.towers.users(torch.from_numpy(features).to(self.device)).cpu().numpy()
-        empty = np.array([not h for h in histories], dtype=bool)
-        vectors[empty] = 0.0
-        return vectors
+        return user_vectors(self.towers, states, graph.rows, self._type_codes(graph), self.type_names,
+                            self.hgnn_embeddings(graph), graph.text(np.arange(len(graph))), self.tt_config,
+                            self.device)

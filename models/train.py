@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from models.evaluate import Result, Scorer, Split, cooc_scorer, embedding_scorer, evaluate_scorer, popularity_scorer
+from models.features import Histories, graph_tensors
 from models.graph import GraphConfig, build_graph
 from models.hgnn import HGNNConfig, TypedGraph, embed, train_hgnn
 from models.text import TextEncoder, item_text
@@ -46,6 +47,9 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 """Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), or one more on (``+``): HGNN config
 changes, two-tower config changes."""
+GRAPH_FORMAT = "graph-tensors-v2"
+"""Part of the cache keys of graphs and HGNN embeddings: bumped when :func:`~models.features.graph_tensors`
+changes what it builds (v2: messages neighbour -> owner, real item ids in the fold)."""
 SEEDED = ("2t_hgnn", "2t_no_gnn")
 """Rows trained once per seed when ``seeds > 1``."""
 
@@ -81,7 +85,7 @@ def graph_of(split: Split, events: list[tuple[str, int, float]], config: GraphCo
     in pure Python, so it is cached under ``cache`` when given, keyed by the events and the config)."""
     path = None
     if cache is not None:
-        digest = hashlib.sha1(repr((split.name, len(events), events[:3], events[-3:], config)).encode())
+        digest = hashlib.sha1(repr((GRAPH_FORMAT, split.name, len(events), events[:3], events[-3:], config)).encode())
         path = cache / f"graph-{split.name}-{digest.hexdigest()[:16]}.pkl"
         if path.exists():
             with path.open("rb") as handle:
@@ -96,25 +100,29 @@ def graph_of(split: Split, events: list[tuple[str, int, float]], config: GraphCo
 
 
 def _build_typed_graph(split: Split, events: list[tuple[str, int, float]], config: GraphConfig) -> TypedGraph:
-    types = [split.type_names[t] for t in split.item_type]
-    graph = build_graph(((str(n), u, str(i), types[i], ts) for n, (u, i, ts) in enumerate(events)), config)
-    edges = np.array([(int(s), int(d), w) for s, d, w in graph.edges()], dtype=np.int64).reshape(-1, 3)
-    return TypedGraph.build(split.item_type, split.type_names, edges[:, 0], edges[:, 1], edges[:, 2])
+    graph = build_graph(((str(n), u, split.items[i].item_id, split.items[i].item_type, ts)
+                         for n, (u, i, ts) in enumerate(events)), config)
+    return graph_tensors(graph.adjacency, split.index, split.item_type, split.type_names)
 
 
-def histories_list(split: Split) -> list[list[int]]:
-    """Training histories in a fixed order."""
-    return list(split.histories.values())
+def histories_list(split: Split, config: GraphConfig) -> Histories:
+    """Training histories (every user's training events, in order of first event), read by the user tower as the
+    stream's states under ``config``."""
+    return Histories.of_events(split.train, [i.item_id for i in split.items], split.item_type, split.type_names,
+                               config)
 
 
-def two_tower_scorer(split: Split, model: TwoTower, embedding: np.ndarray, text: np.ndarray,
+def two_tower_scorer(split: Split, histories: Histories, model: TwoTower, embedding: np.ndarray, text: np.ndarray,
                      config: TwoTowerConfig, device: torch.device, degree: np.ndarray | None = None) -> Scorer:
-    """Score candidates with a trained two-tower model (the computation :class:`TrainedModel` serves)."""
+    """Score candidates with a trained two-tower model (the computation :class:`TrainedModel` serves): users are
+    read as their stream state at the end of ``histories``."""
     items = item_vectors(model, embedding, text, split.item_type, device, degree)
+    states = dict(zip(histories.users, histories.final_states, strict=True))
+    rows = histories.rows
 
     def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
-        u = user_vectors(model, [split.histories[x] for x in users], embedding, text, split.item_type, config,
-                         device)
+        u = user_vectors(model, [states[x] for x in users], rows, split.item_type, split.type_names, embedding,
+                         text, config, device)
         return u @ items[candidates].T
 
     return score
@@ -192,8 +200,8 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         if hgnn not in cache:
             path = None
             if config.graph_cache is not None:  # the same training events, text and config give the same model
-                digest = hashlib.sha1(repr((split.name, len(split.train), split.train[:3], split.train[-3:],
-                                            config.graph, hgnn)).encode() + text.tobytes())
+                digest = hashlib.sha1(repr((GRAPH_FORMAT, split.name, len(split.train), split.train[:3],
+                                            split.train[-3:], config.graph, hgnn)).encode() + text.tobytes())
                 path = config.graph_cache / f"hgnn-{split.name}-{digest.hexdigest()[:16]}.npy"
             if path is not None and path.exists():
                 cache[hgnn] = np.load(path)
@@ -210,7 +218,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         return (replace(config.hgnn, seed=seed) if seed_hgnn else config.hgnn), replace(config.two_tower, seed=seed)
 
     add("hgnn", lambda seed: embedding_scorer(split, hgnn_embeddings(seeded(seed)[0]), config.two_tower.history))
-    histories = histories_list(split)
+    histories = histories_list(split, config.graph)
     num_types = len(split.type_names)
 
     def unified(embedding: np.ndarray, tt: TwoTowerConfig) -> Scorer:
@@ -218,7 +226,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
                                         degree=degree)
         cache.setdefault("tt_losses", losses)
-        return two_tower_scorer(split, model, embedding, text, tt, device, degree)
+        return two_tower_scorer(split, histories, model, embedding, text, tt, device, degree)
 
     # the text two-tower's embedding is the text: reading it twice in the user tower would add nothing
     add("2t_no_gnn", lambda seed: unified(text, replace(seeded(seed)[1], user_text=False)))
@@ -231,7 +239,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         for t in range(len(split.type_names)):
             model, _ = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
                                        target_types=np.array([t]), degree=degree)
-            scorers[t] = two_tower_scorer(split, model, embedding, text, tt, device, degree)
+            scorers[t] = two_tower_scorer(split, histories, model, embedding, text, tt, device, degree)
 
         def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
             return scorers[int(split.item_type[candidates[0]])](users, candidates)

@@ -16,12 +16,15 @@ the logQ correction for item frequency (Yi et al., 2019):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from models.features import Histories, has_history, user_tower_features
+from models.graph import UserState
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class TwoTower(nn.Module):
                    config.item_degree)
 
     def users(self, features: Tensor) -> Tensor:
-        """User features (:func:`prefix_features`) -> ``(B, dim)`` unit vectors."""
+        """User features (:func:`~models.features.user_tower_features`) -> ``(B, dim)`` unit vectors."""
         return nn.functional.normalize(self.user_tower(features), dim=-1)
 
     def items(self, embedding: Tensor, text: Tensor, item_type: Tensor, degree: Tensor | None = None) -> Tensor:
@@ -109,68 +112,31 @@ def user_item_features(embedding: np.ndarray, text: np.ndarray, config: TwoTower
     return embedding.astype(np.float32)
 
 
-def prefix_features(items: np.ndarray, positions: np.ndarray, embedding: np.ndarray, item_type: np.ndarray,
-                    num_types: int, history: int, last_item: bool = False) -> np.ndarray:
-    """User-tower features of the prefixes ``items[:k]`` of one user's sequence (oldest first), for each ``k``
-    in ``positions``: per type, the mean ``embedding`` of the last ``history`` items of that type; the last
-    item's ``embedding`` when ``last_item``; then log(1 + count) per type.
-
-    Returns:
-        ``(len(positions), num_types * E + (E if last_item else 0) + num_types)``.
-    """
-    dim = embedding.shape[1]
-    width = num_types * dim + (dim if last_item else 0)
-    out = np.zeros((len(positions), width + num_types), dtype=np.float32)
-    types = item_type[items] if len(items) else items
-    for t in range(num_types):
-        where = np.flatnonzero(types == t)  # positions of type-t items in the sequence
-        count = np.searchsorted(where, positions)  # type-t items before each k
-        if len(where):
-            sums = np.concatenate([np.zeros((1, dim)), np.cumsum(embedding[items[where]], 0)])
-            first = np.maximum(count - history, 0)
-            n = np.maximum(count - first, 1)[:, None]
-            out[:, t * dim : (t + 1) * dim] = (sums[count] - sums[first]) / n
-        out[:, width + t] = np.log1p(count)
-    if last_item:
-        has = positions > 0
-        out[has, num_types * dim : width] = embedding[items[positions[has] - 1]]
-    return out
-
-
-def user_features(histories: Sequence[Sequence[int]], embedding: np.ndarray, item_type: np.ndarray,
-                  num_types: int, history: int, last_item: bool = False) -> np.ndarray:
-    """User-tower features of whole histories (oldest first), as :func:`prefix_features` at their end."""
-    rows = [prefix_features(np.asarray(items, dtype=np.int64), np.array([len(items)]), embedding, item_type,
-                            num_types, history, last_item) for items in histories]
-    if not rows:
-        return np.zeros((0, num_types * (embedding.shape[1] + 1) + (embedding.shape[1] if last_item else 0)),
-                        dtype=np.float32)
-    return np.concatenate(rows)
-
-
-def training_examples(histories: Sequence[Sequence[int]], embedding: np.ndarray, item_type: np.ndarray,
-                      num_types: int, config: TwoTowerConfig, rng: np.random.Generator,
-                      target_types: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(history prefix features, next item) pairs: up to ``examples_per_user`` random positions of each
-    user's sequence, optionally only those whose next item has a type in ``target_types``."""
+def training_examples(histories: Histories, per_item: np.ndarray, item_type: np.ndarray, config: TwoTowerConfig,
+                      rng: np.random.Generator, target_types: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(user-tower features, next item) pairs: up to ``examples_per_user`` random positions ``k`` of each user's
+    sequence, optionally only those whose next item has a type in ``target_types``; the features are those of the
+    user's stream state after the events before ``k`` (:func:`~models.features.user_tower_features`)."""
     features: list[np.ndarray] = []
     targets: list[np.ndarray] = []
-    for items in histories:
-        sequence = np.asarray(items, dtype=np.int64)
+    rows = histories.rows
+    for user, sequence in enumerate(histories.items):
         positions = np.arange(1, len(sequence))
         if target_types is not None and len(positions):
             positions = positions[np.isin(item_type[sequence[positions]], target_types)]
         if len(positions) > config.examples_per_user:
             positions = np.sort(rng.choice(positions, config.examples_per_user, replace=False))
         if len(positions):
-            features.append(prefix_features(sequence, positions, embedding, item_type, num_types, config.history,
-                                            config.last_item))
+            states = list(histories.states(user, [int(k) for k in positions]))
+            features.append(user_tower_features(states, rows, item_type, histories.type_names, per_item,
+                                                config.history, config.last_item))
             targets.append(sequence[positions])
     return np.concatenate(features), np.concatenate(targets)
 
 
 def train_two_tower(
-    histories: Sequence[Sequence[int]],
+    histories: Histories,
     embedding: np.ndarray,
     text: np.ndarray,
     item_type: np.ndarray,
@@ -180,7 +146,7 @@ def train_two_tower(
     target_types: np.ndarray | None = None,
     degree: np.ndarray | None = None,
 ) -> tuple[TwoTower, list[float]]:
-    """Train on (history -> next item) pairs from ``histories`` (sequences of item indices, oldest first);
+    """Train on (state -> next item) pairs from ``histories`` (each user's events, oldest first);
     ``degree`` is each item's weighted degree in the co-interaction graph (needed when ``item_degree``).
 
     Returns:
@@ -189,7 +155,7 @@ def train_two_tower(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     examples, targets = training_examples(histories, user_item_features(embedding, text, config), item_type,
-                                          num_types, config, rng, target_types)
+                                          config, rng, target_types)
     features = torch.from_numpy(examples)
     frequency = np.bincount(targets, minlength=len(item_type)).astype(np.float64)
     # candidates come from the mixture of the batch (by target frequency q) and the uniform draw of the
@@ -255,12 +221,15 @@ def item_vectors(model: TwoTower, embedding: np.ndarray, text: np.ndarray, item_
 
 
 @torch.no_grad()
-def user_vectors(model: TwoTower, histories: Sequence[Sequence[int]], embedding: np.ndarray, text: np.ndarray,
-                 item_type: np.ndarray, config: TwoTowerConfig, device: torch.device) -> np.ndarray:
-    """User-tower vectors from histories (oldest first): ``(U, dim)``."""
+def user_vectors(model: TwoTower, states: Sequence[UserState], rows: Mapping[str, int], item_type: np.ndarray,
+                 type_names: Sequence[str], embedding: np.ndarray, text: np.ndarray, config: TwoTowerConfig,
+                 device: torch.device) -> np.ndarray:
+    """User-tower vectors of stream states (:func:`~models.features.user_tower_features`): ``(U, dim)``; zero for
+    a state with no item the tower can read."""
     model.eval()
-    features = user_features(histories, user_item_features(embedding, text, config), item_type, model.num_types,
-                             config.history, config.last_item)
+    features = user_tower_features(states, rows, item_type, type_names, user_item_features(embedding, text, config),
+                                   config.history, config.last_item)
     out = model.users(torch.from_numpy(features).to(device)).cpu().numpy()
+    out[~has_history(states, rows, item_type)] = 0.0
     model.train()
     return out

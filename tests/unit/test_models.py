@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from models.evaluate import ranks_of_targets
+from models.features import Histories
+from models.graph import GraphConfig
 from models.hgnn import HGNN, HGNNConfig, TypedGraph, embed, train_hgnn
-from models.twotower import TwoTowerConfig, prefix_features, train_two_tower, user_features
+from models.twotower import TwoTowerConfig, train_two_tower
 
 TYPES = ["podcast", "audiobook"]
 
@@ -80,27 +82,15 @@ def test_unseen_item_is_embedded_from_text_and_edges(device):
     assert inside.mean() > outside.mean()
 
 
-def test_prefix_features_are_per_type_means_of_the_last_items_and_counts():
-    embedding = np.eye(4, dtype=np.float32)
-    item_type = np.array([0, 0, 1, 1])
-    sequence = np.array([0, 2, 1, 3, 1])
-    features = prefix_features(sequence, np.array([0, 3, 5]), embedding, item_type, 2, history=1)
-    assert features.shape == (3, 2 * 4 + 2)
-    np.testing.assert_allclose(features[0], 0)
-    np.testing.assert_allclose(features[1, :4], embedding[1])  # last type-0 item before position 3
-    np.testing.assert_allclose(features[1, 4:8], embedding[2])
-    np.testing.assert_allclose(features[1, 8:], np.log1p([2, 1]))
-    np.testing.assert_allclose(features[2, 8:], np.log1p([3, 2]))
-    np.testing.assert_allclose(user_features([sequence], embedding, item_type, 2, 1)[0], features[2])
-
-
 def test_two_tower_loss_falls_and_ranks_the_next_item(device):
     rng = np.random.default_rng(0)
     n, dim = 40, 8
     embedding = rng.normal(size=(n, dim)).astype(np.float32)
     item_type = np.arange(n) % 2
     # every user walks i -> i+1 (mod n): the next item is fully determined by the last one
-    histories = [[(start + k) % n for k in range(12)] for start in rng.integers(0, n, 120)]
+    walks = [((start + k) % n for k in range(12)) for start in rng.integers(0, n, 120)]
+    events = [(f"u{u}", int(i), float(k)) for u, walk in enumerate(walks) for k, i in enumerate(walk)]
+    histories = Histories.of_events(events, [f"i{i}" for i in range(n)], item_type, ["a", "b"], GraphConfig())
     config = TwoTowerConfig(dim=16, hidden=64, history=1, examples_per_user=11, epochs=20, batch=128, lr=3e-3,
                             temperature=0.1)
     model, losses = train_two_tower(histories, embedding, embedding, item_type, 2, config, device)
