@@ -8,6 +8,7 @@ inductively) and the towers on top.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -40,7 +41,8 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     degree = graph.weighted_degree(len(split.items)) if config.two_tower.item_degree else None
     towers, tt_losses = train_two_tower(histories_list(split, config.graph), embedding, text, split.item_type,
                                         len(split.type_names), config.two_tower, device, degree=degree)
-    version = f"2t-hgnn-{split.name}-{fingerprint}-{time.strftime('%Y%m%d%H%M%S')}"
+    shape = hashlib.sha1(json.dumps(asdict(config), default=str, sort_keys=True).encode()).hexdigest()[:6]
+    version = f"2t-hgnn-{split.name}-{fingerprint}-{shape}-{time.strftime('%Y%m%d%H%M%S')}"
     directory = out_root / version
     directory.mkdir(parents=True, exist_ok=False)
     torch.save(hgnn.state_dict(), directory / "hgnn.pt")
@@ -60,6 +62,32 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     }
     (directory / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return directory
+
+
+def find_model(root: Path, fingerprint: str, encoder_name: str, config: TrainConfig) -> Path | None:
+    """The newest model directory under ``root`` trained on the data of ``fingerprint`` with this text encoder and
+    this configuration, if any."""
+    wanted = json.loads(json.dumps(asdict(config), default=str))
+    found = []
+    for path in root.glob("*/config.json") if root.is_dir() else ():
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a directory being written, or not a model
+        if (meta.get("data_fingerprint") == fingerprint and meta.get("text_encoder") == encoder_name
+                and meta.get("config") == wanted and (path.parent / "twotower.pt").exists()):
+            found.append(path.parent)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: Path, fingerprint: str
+                 ) -> tuple[Path, bool]:
+    """A model for ``split``: the one under ``root`` with this data, encoder and configuration, else a new one
+    trained by :func:`train_for_serving`. Returns ``(directory, trained)``."""
+    found = find_model(root, fingerprint, encoder.name, config)
+    if found is not None:
+        return found, False
+    return train_for_serving(split, encoder, config, root, fingerprint), True
 
 
 class TrainedModel:

@@ -12,15 +12,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_settings(root: Path, encoder: str = "hashing", **streams: object) -> Settings:
-    """Settings for one isolated stack under ``root``, on free loopback ports."""
+def make_settings(root: Path, encoder: str = "hashing", model: str = "textprop", **streams: object) -> Settings:
+    """Settings for one isolated stack under ``root``, on free loopback ports; the text-propagation model unless
+    ``model`` says ``gfm`` (then set ``model.dir``): these stacks test the data path, which needs no training."""
     return Settings(
         var_dir=root,
         kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", partitions=2),
         qdrant=QdrantSettings(path=root / "qdrant"),
         api=ApiSettings(port=free_port()),
         streams=StreamSettings(metrics_port=free_port(), **streams),  # type: ignore[arg-type]
-        model=ModelSettings(encoder=encoder, text_cache=root / "text-cache"),
+        model=ModelSettings(kind=model, encoder=encoder, text_cache=root / "text-cache"),  # type: ignore[arg-type]
     )
 
 

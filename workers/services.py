@@ -45,13 +45,22 @@ def build_encoder(settings: Settings, progress: bool = False) -> TextEncoder:
 
 
 def build_model(settings: Settings, encoder: TextEncoder) -> VectorModel:
-    """The vector model: a trained model directory when configured, else text propagation."""
-    if settings.model.dir is not None:
-        from models.serving import TrainedModel
+    """The vector model: the trained 2T-HGNN of ``model.dir`` (``model.kind=gfm``), or text propagation
+    (``model.kind=textprop``).
 
-        return TrainedModel(settings.model.dir, encoder.name)
-    return TextPropagationModel(encoder.name, encoder.dim, settings.model.neighbour_weight,
-                                settings.streams.history_per_type)
+    Raises:
+        ValueError: ``model.kind`` is ``gfm`` and no ``model.dir`` is set.
+    """
+    if settings.model.kind == "textprop":
+        return TextPropagationModel(encoder.name, encoder.dim, settings.model.neighbour_weight,
+                                    settings.streams.history_per_type)
+    if settings.model.dir is None:
+        raise ValueError("model.kind='gfm' needs a trained model: set GFM_MODEL__DIR to a directory written by "
+                         "`gfm train --data DIR` (`gfm up` trains and sets the demo model itself), or choose the "
+                         "text-propagation fallback with GFM_MODEL__KIND=textprop")
+    from models.serving import TrainedModel
+
+    return TrainedModel(settings.model.dir, encoder.name)
 
 
 def stream_config(settings: Settings) -> StreamConfig:

@@ -7,6 +7,7 @@ or ``GFM_QDRANT__URL=http://qdrant:6333`` (which switches the vector store to th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,8 +106,11 @@ class ApiSettings(BaseModel):
 class ModelSettings(BaseModel):
     """Which model computes vectors, and where text embeddings are cached."""
 
+    kind: Literal["gfm", "textprop"] = "gfm"
+    """``gfm``: the trained 2T-HGNN of ``dir``; ``textprop``: the text-propagation fallback (no training)."""
     dir: Path | None = None
-    """A trained model directory (``gfm train``); the text-propagation model when unset."""
+    """A trained model directory (``gfm train``). With ``kind=gfm`` and no ``dir``, ``gfm up`` trains the demo model
+    (or reuses it from ``<var_dir>/models``) and serves it; a lone ``gfm worker`` refuses to start."""
     text_cache: Path = Path("var/text-cache")
     encoder: str = "minilm"
     """``minilm`` (all-MiniLM-L6-v2, shipped in a wheel) or ``hashing`` (fast, for tests)."""

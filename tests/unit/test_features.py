@@ -133,3 +133,24 @@ def test_served_vectors_equal_the_training_time_vectors(trained):
     served_users = np.stack([store.get_user(u).vector for u in histories.users])
     assert len(served_users) == 60
     assert np.abs(served_users - trained_users).max() <= 1e-5
+
+
+def test_gfm_up_trains_the_demo_model_once_and_reuses_it(tmp_path):
+    from tests.conftest import make_settings
+    from workers.services import build_model
+    from workers.stack import ensure_model
+
+    settings = make_settings(tmp_path, model="gfm")
+    with pytest.raises(ValueError, match="GFM_MODEL__DIR"):
+        build_model(settings, HashingEncoder())
+    first, said = ensure_model(settings)
+    assert first.model.dir is not None and "trained in" in said
+    again, said = ensure_model(settings)
+    assert again.model.dir == first.model.dir and "cached" in said
+    served = build_model(again, HashingEncoder())
+    assert isinstance(served, TrainedModel) and served.version == first.model.dir.name
+    wider = settings.model_copy(update={"streams": settings.streams.model_copy(update={"max_degree": 50})})
+    assert ensure_model(wider)[0].model.dir != first.model.dir  # another graph: another model
+    fallback = make_settings(tmp_path)
+    assert ensure_model(fallback)[0] is fallback and build_model(fallback, HashingEncoder()).version.startswith(
+        "textprop")
