@@ -49,12 +49,18 @@ class LiveGraph:
     _has_text: np.ndarray = field(init=False)
     _vectors: np.ndarray = field(init=False)
     _has_vector: np.ndarray = field(init=False)
+    _text_version: np.ndarray = field(init=False)
+    """Per row, the :attr:`version` of its last text change (0: none)."""
+    _adjacency_version: np.ndarray = field(init=False)
+    """Per row, the :attr:`version` of its last adjacency change (0: none)."""
 
     def __post_init__(self) -> None:
         self._text = np.zeros((1024, self.text_dim), dtype=np.float32)
         self._has_text = np.zeros(1024, dtype=bool)
         self._vectors = np.zeros((1024, self.vector_dim), dtype=np.float32)
         self._has_vector = np.zeros(1024, dtype=bool)
+        self._text_version = np.zeros(1024, dtype=np.int64)
+        self._adjacency_version = np.zeros(1024, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,6 +77,8 @@ class LiveGraph:
             self._has_text = np.concatenate([self._has_text, np.zeros(grow, dtype=bool)])
             self._vectors = np.concatenate([self._vectors, np.zeros_like(self._vectors[:grow])])
             self._has_vector = np.concatenate([self._has_vector, np.zeros(grow, dtype=bool)])
+            self._text_version = np.concatenate([self._text_version, np.zeros(grow, dtype=np.int64)])
+            self._adjacency_version = np.concatenate([self._adjacency_version, np.zeros(grow, dtype=np.int64)])
         self.rows[item_id] = index
         self.ids.append(item_id)
         self.types.append(item_type)
@@ -85,6 +93,7 @@ class LiveGraph:
         self._text[index] = embedding
         self._has_text[index] = True
         self.version += 1
+        self._text_version[index] = self.version
 
     def set_adjacency(self, item_id: str, item_type: str, adjacency: Adjacency) -> int:
         """Replace an item's adjacency; returns its row."""
@@ -97,7 +106,19 @@ class LiveGraph:
         self.version += 1
         for neighbour, entry in adjacency.items():  # every item a model reads has a row (maybe without text yet)
             self.row(neighbour, entry[0])
-        return self.row(item_id, item_type)
+        index = self.row(item_id, item_type)
+        self._adjacency_version[index] = self.version
+        return index
+
+    def changed_since(self, version: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows whose text, and rows whose adjacency, changed after :attr:`version` was ``version``."""
+        n = len(self.ids)
+        return (np.flatnonzero(self._text_version[:n] > version),
+                np.flatnonzero(self._adjacency_version[:n] > version))
+
+    def text_matrix(self) -> np.ndarray:
+        """Every row's text embedding, ``(len(self), text_dim)``: a view, not a copy."""
+        return self._text[: len(self.ids)]
 
     def affected(self, adjacency_changed: set[str], text_changed: set[str], hops: int) -> set[str]:
         """The items whose vectors a change can move, for a model that reads ``hops`` hops of neighbours.

@@ -2,8 +2,8 @@
 
 A model directory (``gfm train``) holds ``config.json`` (item types, hyperparameters, the text encoder, the
 data fingerprint, training metrics), ``hgnn.pt`` and ``twotower.pt``. :class:`TrainedModel` runs the HGNN over
-the refresher's live graph (recomputed when the graph changed, so new items and edges are embedded
-inductively) and the towers on top.
+the refresher's live graph, layer by layer where the inputs changed (:class:`~models.incremental.IncrementalHGNN`:
+new items and edges are embedded inductively), and the towers on top.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 
 from models.embedding import LiveGraph
 from models.evaluate import Split
-from models.features import graph_tensors
 from models.graph import UserState
 from models.hgnn import HGNN, HGNNConfig, embed, train_hgnn
+from models.incremental import IncrementalHGNN
 from models.text import TextEncoder
 from models.train import TrainConfig, graph_of, histories_list, peak_rss_mib, pick_device, text_embeddings
 from models.twotower import TwoTower, TwoTowerConfig, train_two_tower, user_vectors
@@ -119,35 +119,22 @@ class TrainedModel:
         self.towers.to(self.device).eval()
         self.dim = self.tt_config.dim
         self.hops = 2
-        self._embedding: np.ndarray | None = None
-        self._degree: np.ndarray | None = None
-        self._stamp: tuple[int, int] = (-1, -1)
+        self.layers = IncrementalHGNN(self.hgnn, self.type_names, self.device)
+        """The HGNN's layers over the refresher's live graph, refreshed where their inputs changed."""
 
     def _type_codes(self, graph: LiveGraph) -> np.ndarray:
-        known = {t: k for k, t in enumerate(self.type_names)}
-        return np.array([known.get(t, -1) for t in graph.types], dtype=np.int64)
+        self.layers.update(graph)
+        return self.layers.codes[: len(graph)]
 
     def hgnn_embeddings(self, graph: LiveGraph) -> np.ndarray:
-        """HGNN embeddings of every item in the live graph; recomputed when the graph grew or changed."""
-        self._refresh(graph)
-        assert self._embedding is not None
-        return self._embedding
+        """HGNN embeddings of every item in the live graph, brought up to date with it."""
+        self.layers.update(graph)
+        return self.layers.z[: len(graph)]
 
     def degrees(self, graph: LiveGraph) -> np.ndarray:
         """Every item's weighted degree in the live graph (what the item tower reads as popularity)."""
-        self._refresh(graph)
-        assert self._degree is not None
-        return self._degree
-
-    def _refresh(self, graph: LiveGraph) -> None:
-        stamp = (len(graph), graph.version)
-        if self._embedding is not None and stamp == self._stamp:
-            return
-        # an item of a type the model has never seen is embedded as the first type (its text still counts)
-        typed = graph_tensors(graph.adjacency, graph.rows, np.maximum(self._type_codes(graph), 0), self.type_names)
-        self._embedding = embed(self.hgnn, typed, graph.text(np.arange(len(graph))), self.device)
-        self._degree = typed.weighted_degree(len(graph))
-        self._stamp = stamp
+        self.layers.update(graph)
+        return self.layers.degree[: len(graph)]
 
     @torch.no_grad()
     def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
@@ -165,5 +152,5 @@ class TrainedModel:
     @torch.no_grad()
     def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
         return user_vectors(self.towers, states, graph.rows, self._type_codes(graph), self.type_names,
-                            self.hgnn_embeddings(graph), graph.text(np.arange(len(graph))), self.tt_config,
+                            self.hgnn_embeddings(graph), graph.text_matrix(), self.tt_config,
                             self.device)
