@@ -27,6 +27,7 @@ forward (``models.hgnn.embed`` over :func:`~models.features.graph_tensors`) up t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from torch_geometric.nn import HeteroConv
 from models.embedding import LiveGraph
 from models.hgnn import HGNN
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class RefreshSizes:
@@ -97,7 +99,7 @@ class IncrementalHGNN:
         new_rows = np.arange(self._n, len(graph))
         self._grow(len(graph))
         for row in np.union1d(text_rows, new_rows):
-            self.codes[row] = self._known.get(graph.types[row], -1)
+            self.codes[row] = self._code(graph.types[row])
         for row in np.union1d(adjacency_rows, new_rows):
             self._parse(graph, int(row))
         inputs = np.union1d(text_rows, new_rows)  # rows whose x changed
@@ -119,6 +121,16 @@ class IncrementalHGNN:
             self.z[layer2] = nn.functional.normalize(out, dim=-1).cpu().numpy()
         self._seen, self._n = graph.version, len(graph)
         self.last = RefreshSizes(len(layer1), len(layer2), len(graph), time.perf_counter() - started)
+
+    def _code(self, name: str) -> int:
+        code = self._known.get(name)
+        if code is None:
+            log.warning("item type %r is unknown to the served model (trained on %s): its items are embedded as %r "
+                        "and user histories skip them; serve a model trained on this data (`gfm train`) or the "
+                        "text-propagation fallback (GFM_MODEL__KIND=textprop)", name, self.type_names,
+                        self.type_names[0])
+            code = self._known[name] = -1
+        return code
 
     def _grow(self, n: int) -> None:
         if n <= len(self.codes):
