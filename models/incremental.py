@@ -69,6 +69,8 @@ class IncrementalHGNN:
         self.hidden = int(next(iter(hgnn.conv1.convs.values())).out_channels)
         self.graph: LiveGraph | None = None
         self.last = RefreshSizes()
+        self.layer2_total = 0
+        """Layer-2 rows computed since this object was made (what the refreshes cost, in rows)."""
         self._reset(None)
 
     def _reset(self, graph: LiveGraph | None) -> None:
@@ -121,6 +123,7 @@ class IncrementalHGNN:
             self.z[layer2] = nn.functional.normalize(out, dim=-1).cpu().numpy()
         self._seen, self._n = graph.version, len(graph)
         self.last = RefreshSizes(len(layer1), len(layer2), len(graph), time.perf_counter() - started)
+        self.layer2_total += len(layer2)
 
     def _code(self, name: str) -> int:
         code = self._known.get(name)

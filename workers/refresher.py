@@ -15,7 +15,10 @@ Once the input is idle and the frontier empty, every stored vector is what the m
 and states, whatever the batch boundaries were: a restarted refresher converges to the same vectors.
 
 On start it reads the three topics from the beginning: they are the mirror's changelog (compacted by key on a
-real Kafka), so a restarted refresher rebuilds the same state. Upserts are idempotent, so replaying is safe.
+real Kafka), so a restarted refresher rebuilds the same state. Until it has read what the topics held when it
+started, it only folds records into its state and the frontier (``apply(defer=True)``); the frontier is then
+drained as usual, so the model computes the history once, not once per historical micro-batch. Upserts are
+idempotent, so replaying is safe.
 
 **Faults.** A record that cannot be decoded goes to the dead-letter topic with its reason. A vector store
 error is retried with exponential backoff (the batch is kept, nothing is skipped) while :attr:`Refresher.degraded`
@@ -141,8 +144,13 @@ class Refresher:
         """No frontier left to drain."""
         return not self.pending_items and not self.pending_users
 
-    def apply(self, changes: Changes, now: float | None = None) -> None:
-        """Refresh and upsert everything ``changes`` touches, then drain part of the frontier."""
+    def apply(self, changes: Changes, now: float | None = None, defer: bool = False) -> None:
+        """Refresh and upsert everything ``changes`` touches, then drain part of the frontier.
+
+        With ``defer`` (a restarted refresher reading its topics' history), ``changes`` only update the graph and
+        the users, and everything they touch joins the frontier: the model computes once, when the frontier is
+        drained, instead of once per historical micro-batch.
+        """
         started = time.perf_counter()
         text_changed: set[str] = set()
         if changes.catalog:
@@ -161,6 +169,12 @@ class Refresher:
         for update in changes.users.values():
             self._remember(update)
             self.pending_users.pop(update.user_id, None)
+        if defer:
+            self.pending_items.update(dict.fromkeys(sorted(direct_items)))
+            self.pending_users.update(dict.fromkeys(changes.users))
+            self.metrics.pending.labels("item").set(len(self.pending_items))
+            self.metrics.pending.labels("user").set(len(self.pending_users))
+            return
 
         items = sorted(direct_items) + self._take(self.pending_items, self.batch.dependents_per_batch, direct_items)
         if items:
@@ -312,7 +326,8 @@ class RefresherLoop:
                     changes = collect(records, self.kafka)
                     if changes.dead and self.dead_letters is not None:
                         self.dead_letters(changes.dead)
-                    self.refresher.apply(changes)
+                    # the topics' history (before caught up) only builds the state; vectors follow once
+                    self.refresher.apply(changes, defer=bool(records) and not self.caught_up.is_set())
                 self.refresher.metrics.observe_batch(self.refresher, polled)  # monitoring only
                 if not self.caught_up.is_set() and all(
                     consumer.position(tp) >= end for tp, end in targets.items()
