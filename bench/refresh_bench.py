@@ -237,6 +237,60 @@ def run_catch_up(rows: list[tuple[str, str, str, str, float]], items: list[Catal
     return out
 
 
+def run_history(rows: list[tuple[str, str, str, str, float]], items: list[CatalogItem], directory: Path,
+                encoder: HashingEncoder, args: argparse.Namespace) -> dict[str, object]:
+    """A restarted refresher's catch-up on a topic that keeps every refresh request (tansu does not compact): the
+    catalogue, then what the stream published for each group of ``--history-group`` events, read in micro-batches
+    of ``batch_max`` records; folded batch by batch (refreshing each) against deferred (state first, one pass)."""
+    cograph = CoGraph(GraphConfig())
+    published: list[ItemUpdate | UserUpdate] = []
+    started = time.perf_counter()
+    for start in range(0, len(rows), args.history_group):
+        touched_items: set[str] = set()
+        touched_users: set[str] = set()
+        for event_id, user_id, item_id, item_type, ts in rows[start : start + args.history_group]:
+            for src, *_ in cograph.consume(event_id, user_id, item_id, item_type, ts):
+                touched_items.add(src)
+            touched_users.add(user_id)
+        published += [ItemUpdate(item_id=k, item_type=cograph.item_types[k], adjacency=_adjacency(cograph, k))
+                      for k in sorted(touched_items)]
+        published += [UserUpdate(user_id=u, state=_state(cograph, u), event_ts=0.0) for u in sorted(touched_users)]
+    build_seconds = time.perf_counter() - started
+    size = RefresherSettings().batch_max
+    batches = [Changes(catalog={i.item_id: i for i in items[start : start + size]})
+               for start in range(0, len(items), size)]
+    for start in range(0, len(published), size):
+        chunk = published[start : start + size]
+        changes = Changes()
+        for update in chunk:  # later records of a key replace earlier ones, as collect() does
+            if isinstance(update, ItemUpdate):
+                changes.items[update.item_id] = update
+            else:
+                changes.users[update.user_id] = update
+        batches.append(changes)
+    out: dict[str, object] = {"events": len(rows), "events_per_group": args.history_group,
+                              "records": len(published) + len(items), "micro_batches": len(batches),
+                              "items": len(cograph.item_types), "users": len(cograph.users),
+                              "history_build_seconds": round(build_seconds, 1)}
+    for name, defer in (("batch_by_batch", False), ("deferred", True)):
+        model = TrainedModel(directory, encoder.name)
+        refresher = Refresher(ServerStore(":memory:"), model, encoder, RefresherMetrics.create(CollectorRegistry()),
+                              RefresherSettings())
+        started = time.perf_counter()
+        count = 0
+        for changes in batches:
+            refresher.apply(changes, defer=defer)
+            count += 1
+        while not refresher.idle:
+            refresher.apply(Changes())
+            count += 1
+        out[name] = {"seconds": round(time.perf_counter() - started, 1), "refresh_batches": count,
+                     "layer2_rows_computed": model.layers.layer2_total, "items_upserted": refresher.items_refreshed,
+                     "users_upserted": refresher.users_refreshed}
+        log.info("history catch-up %s: %s", name, out[name])
+    return out
+
+
 def main() -> None:
     """Parse the arguments, train the model, run every size, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,6 +304,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--catch-up", type=int, default=0,
                         help="also time a restarted refresher's catch-up on the first N events (0: skip)")
+    parser.add_argument("--history", type=int, default=0,
+                        help="also time a catch-up on an uncompacted history of the first N events (0: skip)")
+    parser.add_argument("--history-group", type=int, default=1000, help="events per published group (--history)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)  # 2 cores shared with other work; the store and Python use the other
@@ -257,7 +314,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     catalogue = load_items(args.data)
     types = {i.item_id: i.item_type for i in catalogue}
-    limit = max(max(sizes, default=0) + args.stream, args.catch_up)
+    limit = max(max(sizes, default=0) + args.stream, args.catch_up, args.history)
     events = [e for e in iter_events(args.data, limit) if e.item_id in types]
     rows = [(f"e{n}", e.user_id, e.item_id, types[e.item_id], e.ts) for n, e in enumerate(events)]
     items = [CatalogItem(item_id=i.item_id, item_type=i.item_type, title=i.title, description=i.text)
@@ -280,12 +337,13 @@ def main() -> None:
         log.info("model trained in %.1f s", time.perf_counter() - started)
         results = [run_size(size, rows, items, directory, encoder, args) for size in sizes]
         catch_up = run_catch_up(rows[: args.catch_up], items, directory, encoder, args) if args.catch_up else None
+        history = run_history(rows[: args.history], items, directory, encoder, args) if args.history else None
     out = args.out or Path(__file__).parent / "results" / f"refresh-{args.data.resolve().name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"command": " ".join(sys.argv), "dataset": args.data.resolve().name, "stream_events": args.stream,
               "events_per_micro_batch": args.batch, "dependents_per_batch": args.dependents,
               "threads": torch.get_num_threads(), "model": "2T-HGNN, default shape (hidden 128, out 128, tower 128)",
-              "sizes": results, "catch_up": catch_up}
+              "sizes": results, "catch_up": catch_up, "history_catch_up": history}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
