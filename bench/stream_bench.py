@@ -62,6 +62,13 @@ def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process (``/proc/<pid>/stat``): a figure the other processes on a
+    shared machine do not inflate, unlike wall-clock time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -118,6 +125,8 @@ def throughput(data: Path, limit: int | None, root: Path, **streams: int) -> dic
             "graph_done_s": round(pairs_last_change - first[0], 2),
             "pairs_merged": pairs,
             "worker_peak_rss_mib": round(peak_rss_mib(worker.pid)),
+            "worker_cpu_s": round(cpu_seconds(worker.pid), 2),
+            "events_per_worker_cpu_s": round(seen / cpu_seconds(worker.pid)),
         }
     finally:
         if worker is not None:
