@@ -90,6 +90,7 @@ def throughput(data: Path, limit: int | None, root: Path, **streams: int) -> dic
               f"({produced.events_per_s:.0f} events/s produced)", flush=True)
         worker = start_worker(settings)
         first = last = None
+        cpu_at_first = 0.0
         seen = 0.0
         pairs_last_change = pairs = 0.0
         deadline = time.monotonic() + 1800
@@ -105,6 +106,7 @@ def throughput(data: Path, limit: int | None, root: Path, **streams: int) -> dic
             count = events_seen(metrics)
             if count > 0 and first is None:
                 first = (now, count)
+                cpu_at_first = cpu_seconds(worker.pid)
             if count > seen:
                 seen, last = count, now
             new_pairs = metrics.get("gfm_graph_pairs_total", 0.0)
@@ -125,8 +127,8 @@ def throughput(data: Path, limit: int | None, root: Path, **streams: int) -> dic
             "graph_done_s": round(pairs_last_change - first[0], 2),
             "pairs_merged": pairs,
             "worker_peak_rss_mib": round(peak_rss_mib(worker.pid)),
-            "worker_cpu_s": round(cpu_seconds(worker.pid), 2),
-            "events_per_worker_cpu_s": round(seen / cpu_seconds(worker.pid)),
+            "worker_cpu_s": round(cpu_seconds(worker.pid) - cpu_at_first, 2),
+            "events_per_worker_cpu_s": round((seen - first[1]) / (cpu_seconds(worker.pid) - cpu_at_first)),
         }
     finally:
         if worker is not None:

@@ -185,6 +185,7 @@ def fold_events(
             found = looked_up[user_id]
         return found
 
+    message_groups: dict[str, list[Any]] = {}  # this message's pair groups, by source item
     for raw, sent_at, partition, offset in messages:
         try:
             events, rejected = decode_pack(raw, validate_event)
@@ -227,12 +228,14 @@ def fold_events(
             changed_here.add(event.user_id)
             batch.sent_at[event.user_id] = min(batch.sent_at.get(event.user_id, sent_at), sent_at)
             for src, src_type, dst, dst_type, pair_ts in pairs:
-                groups = batch.pairs[partition_for(src, config.partitions)]
-                group = groups.get((src, partition, offset))
+                group = message_groups.get(src)
                 if group is None:
-                    group = groups[(src, partition, offset)] = [src, src_type, partition, offset]
+                    group = message_groups[src] = [src, src_type, partition, offset]
                 group += (dst, dst_type, pair_ts)
             batch.pair_count += len(pairs)
+        for src, group in message_groups.items():
+            batch.pairs[partition_for(src, config.partitions)][(src, partition, offset)] = group
+        message_groups.clear()
         for user_id in changed_here:
             batch.users[user_id].offsets[source] = offset
     return batch
