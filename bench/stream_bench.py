@@ -88,7 +88,8 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def throughput(data: Path, limit: int | None, root: Path, live: bool, check: bool, **streams: int) -> dict[str, Any]:
+def throughput(data: Path, limit: int | None, root: Path, live: bool, check: bool, rate: float | None = None,
+               **streams: Any) -> dict[str, Any]:
     """Time the agents on ``limit`` events.
 
     Preloaded (``live=False``): the events are in Kafka before the worker starts; times run from the first event
@@ -108,7 +109,7 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
         produced: list[ReplaySummary] = []
 
         def produce() -> None:
-            produced.append(replay(iter(events), sink, len(events), progress=False))
+            produced.append(replay(iter(events), sink, len(events), rate=rate, progress=False))
 
         if live:
             worker = start_worker(settings)
@@ -155,6 +156,8 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
         done = max(last, pairs_last_change) - origin
         result: dict[str, Any] = {
             "mode": "live" if live else "preloaded",
+            "produce_rate": rate,
+            "settings": streams,
             "events": seen,
             "produced_events_per_s": round(produced[0].events_per_s),
             "events_applied_s": round(last - origin, 2),
@@ -288,6 +291,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=["live", "preloaded"], default="live",
                         help="live: events produced while the worker runs, timed from the first produced (end to "
                              "end); preloaded: timed from the first event the worker reads")
+    parser.add_argument("--produce-rate", type=float, default=None,
+                        help="live mode: produce at this many events/s (default: as fast as possible)")
+    parser.add_argument("--pairs-within", type=float, default=None, help="the worker's pairs_take_within_s")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing the worker's state with build_graph on the same events")
     args = parser.parse_args()
@@ -300,9 +306,10 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="gfm-bench-")  # kept when a phase fails, for its logs
     if args.skip != "throughput":
         overrides = {k: v for k, v in {"producer_max_batch_size": args.producer_batch_bytes,
-                                       "take_max": args.take_max}.items() if v is not None}
+                                       "take_max": args.take_max,
+                                       "pairs_take_within_s": args.pairs_within}.items() if v is not None}
         results["throughput"] = throughput(args.data, args.limit, Path(tmp), args.mode == "live", not args.no_check,
-                                           **overrides)
+                                           args.produce_rate, **overrides)
         print(json.dumps(results["throughput"], indent=2), flush=True)
     if args.skip != "latency":
         results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp))

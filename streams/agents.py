@@ -78,6 +78,7 @@ class StreamConfig:
     take_max: int = 100
     pairs_take_max: int = 500
     take_within_s: float = 0.1
+    pairs_take_within_s: float = 0.1
     min_stream_ms: int = 30_000
     producer_max_batch_size: int = 1
     cache_entries: int = 20_000
@@ -591,7 +592,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
 
     @app.agent(pairs_topic)
     async def update_edges(stream: faust.StreamT) -> None:
-        takes = stream.take_events(config.pairs_take_max, within=config.take_within_s)  # type: ignore[attr-defined]
+        takes = stream.take_events(config.pairs_take_max, within=config.pairs_take_within_s)  # type: ignore[attr-defined]
         async for events in takes:
             await guarded(handle_pairs, events)
 

@@ -65,6 +65,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         take_max=settings.streams.take_max,
         pairs_take_max=settings.streams.pairs_take_max,
         take_within_s=settings.streams.take_within_s,
+        pairs_take_within_s=settings.streams.pairs_take_within_s,
         min_stream_ms=settings.streams.min_stream_ms,
         producer_max_batch_size=settings.streams.producer_max_batch_size,
         datadir=str(settings.var_dir / "faust"),

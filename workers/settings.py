@@ -51,7 +51,11 @@ class StreamSettings(BaseModel):
     pairs_take_max: int = Field(
         500, ge=1, description="pair messages per micro-batch: larger batches write each touched item less often"
     )
-    take_within_s: float = Field(0.1, gt=0)
+    take_within_s: float = Field(0.1, gt=0, description="longest wait for an events micro-batch to fill")
+    pairs_take_within_s: float = Field(
+        0.1, gt=0, description="longest wait for a pairs micro-batch to fill: longer writes each touched item (its "
+                               "whole adjacency, to the changelog and the refresher) less often, at the cost of "
+                               "item freshness")
     min_stream_ms: int = Field(30_000, ge=0, description="a stream shorter than this is not a consumption")
     producer_max_batch_size: int = Field(
         1, ge=1, description="1 for tansu, whose wrong end offsets lose table updates on restore otherwise"
