@@ -66,7 +66,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         take_within_s=settings.streams.take_within_s,
         min_stream_ms=settings.streams.min_stream_ms,
         producer_max_batch_size=settings.streams.producer_max_batch_size,
-        datadir=str(settings.var_dir / "faust"),
+        datadir=str(settings.stream_datadir()),
         graph=settings.streams.graph_config(),
     )
 

@@ -1,0 +1,94 @@
+"""Scale-out on real parts: two stream workers in one consumer group build the same state as one (the fold of
+the log), and two refresher replicas write the same vectors as one refresher."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.records import ListenEvent
+from tests.conftest import free_port, make_settings
+from tests.integration.test_faults import synthetic_events
+from workers.kafka_io import EventSink, make_producer
+from workers.settings import Settings
+from workers.stack import RestartPolicy, Stack
+from workers.statecheck import reference, stream_metric, wait_for_the_fold
+
+pytestmark = pytest.mark.integration
+
+
+def second_worker(settings: Settings, root: Path) -> Settings:
+    """The settings of another stream worker in the same group: its own metrics port and RocksDB directory."""
+    streams = settings.streams.model_copy(update={"metrics_port": free_port(), "datadir": root / "faust-2"})
+    return settings.model_copy(update={"streams": streams})
+
+
+def events_seen(port: int) -> float:
+    return stream_metric(port, "gfm_stream_events_total")
+
+
+def replay_while_a_second_worker_joins(stack: Stack, second: Settings, events: list[ListenEvent], rate: float,
+                                       join_timeout_s: float = 90.0) -> None:
+    """Replay ``events`` at ``rate``: the first third to the first worker alone, then start the second worker and
+    trickle the middle third (a chunk a second) until it reads events (its partitions handed over by a
+    rebalance, their state restored from the changelogs), then the rest at ``rate``."""
+    producer = make_producer(stack.settings.kafka)
+    sink = EventSink(producer, stack.settings.kafka)
+    chunk = max(1, int(rate / 10))
+    third = len(events) // 3
+    port = second.streams.metrics_port
+    joined_by: float | None = None
+    for start in range(0, len(events), chunk):
+        if start >= third and "streams-2" not in stack.processes:
+            stack.add_worker("streams-2", "streams", second)
+            joined_by = time.monotonic() + join_timeout_s
+        sink.send(events[start : start + chunk], wait=False)
+        stack.check()
+        if joined_by is not None and start < 2 * third and events_seen(port) == 0:
+            assert time.monotonic() < joined_by, f"the second worker read no event within {join_timeout_s} s"
+            producer.flush()
+            time.sleep(1.0)
+        else:
+            time.sleep(chunk / rate)
+    producer.flush()
+    producer.close()
+
+
+@pytest.mark.parametrize("fault", [None, signal.SIGKILL], ids=["steady", "kill-9-first-worker"])
+def test_two_stream_workers_build_exactly_what_one_builds(tmp_path, fault):
+    """Two `gfm worker streams` in one group (the second joining mid-replay; in the second case the first one
+    then killed with SIGKILL, its partitions failing over to the second and back after the restart): every user
+    state equals build_graph on the same events, every item adjacency too (past the degree cap: the fold of the
+    pairs topic in its order), and both workers did part of the work."""
+    settings = make_settings(tmp_path, max_degree=10)
+    stack = Stack(settings, services=("streams",), policy=RestartPolicy(backoff_s=0.2))
+    stack.start()
+    try:
+        second = second_worker(settings, tmp_path)
+        events = synthetic_events()
+        if fault is None:
+            replay_while_a_second_worker_joins(stack, second, events, rate=600)
+        else:
+            cut = 2 * len(events) // 3
+            replay_while_a_second_worker_joins(stack, second, events[:cut], rate=600)
+            stack.kill("streams", fault)  # the supervisor restarts it; meanwhile the second worker takes over
+            stack.check()
+            sink = EventSink(make_producer(settings.kafka), settings.kafka)
+            sink.send(events[cut:])
+            sink.producer.close()
+        first_port = settings.streams.metrics_port
+        result, _ = wait_for_the_fold(stack, reference(events, settings.streams.graph_config()), limit_s=180)
+        assert result.items_capped > 0
+        assert result.exact, result.as_dict()
+        assert events_seen(second.streams.metrics_port) > 0
+        assert stream_metric(second.streams.metrics_port, "gfm_graph_pairs_total") > 0
+        if fault is None:
+            assert events_seen(first_port) > 0 and stream_metric(first_port, "gfm_graph_pairs_total") > 0
+            assert not stack.restarts
+        else:
+            assert len(stack.restarts["streams"]) == 1
+    finally:
+        stack.stop()
