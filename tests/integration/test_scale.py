@@ -92,3 +92,49 @@ def test_two_stream_workers_build_exactly_what_one_builds(tmp_path, fault):
             assert len(stack.restarts["streams"]) == 1
     finally:
         stack.stop()
+
+
+def test_two_refresher_replicas_write_the_vectors_of_one_refresher(tmp_path):
+    """Replicas 0 and 1 of 2 (threads here, `gfm worker refresher` with GFM_REFRESHER__REPLICA in compose) read
+    the real topics while events stream and write into one vector store: each reads only its own partitions of
+    user-updates and upserts only its own users and items, and the store ends with the vectors that one refresher
+    computes from the same topics (within 1e-5)."""
+    from prometheus_client import CollectorRegistry
+
+    from streams.agents import partition_for
+    from tests.integration.test_refresher_faults import _assert_same, _settle, _stream, _vectors
+    from vectorstore.edge import EdgeStore
+    from vectorstore.server import ServerStore
+    from workers.services import start_refresher
+
+    settings = make_settings(tmp_path)
+    stack = Stack(settings, services=("streams",))
+    stack.start()
+    store = EdgeStore(tmp_path / "shared-store")
+    replicas = [start_refresher(settings.model_copy(update={"refresher": settings.refresher.model_copy(
+        update={"replicas": 2, "replica": r})}), store, CollectorRegistry()) for r in range(2)]
+    alone = None
+    try:
+        _stream(settings, synthetic_events(), rate=1000, during=lambda _: stack.check())
+        _settle(lambda: tuple((loop.caught_up.is_set(), loop.refresher.idle, loop.refresher.items_refreshed,
+                               loop.refresher.users_refreshed, loop.error is None) for loop in replicas))
+        alone = start_refresher(settings, ServerStore(":memory:"), CollectorRegistry())
+        _settle(lambda: (alone.caught_up.is_set(), alone.refresher.idle, alone.refresher.items_refreshed,
+                         alone.refresher.users_refreshed))
+        want_items, want_users = _vectors(alone.refresher.store, alone.refresher.graph.ids, list(alone.refresher.users))
+        assert len(want_users) == 150 and len(want_items) > 100
+        for replica, loop in enumerate(replicas):
+            assert loop.alive and loop.error is None
+            owned = loop.refresher.users.keys()
+            assert owned and all(partition_for(u, settings.kafka.partitions) % 2 == replica for u in owned)
+            assert loop.refresher.items_refreshed > 0 and loop.refresher.users_refreshed > 0
+            assert len(loop.refresher.graph) == len(alone.refresher.graph)  # each reads the whole graph
+        assert sum(len(loop.refresher.users) for loop in replicas) == len(want_users)
+        got_items, got_users = _vectors(store, want_items, want_users)
+        _assert_same(got_items, want_items)
+        _assert_same(got_users, want_users)
+    finally:
+        for loop in [*replicas, *([alone] if alone else [])]:
+            loop.stop()
+        store.close()
+        stack.stop()
