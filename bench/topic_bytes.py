@@ -8,7 +8,8 @@ events batch and ``pairs_take_max`` per pairs batch, one partition after another
 message each topic receives: events, pairs, user and item refresh requests, and the two table changelogs (one
 record per touched key per batch). Keys and values only; the broker's per-record and per-batch overhead comes on
 top. Bigger batches (a busier worker) touch each key fewer times per event, so the state topics shrink as load
-grows: these figures are for the worker's default batch bounds. Writes ``bench/results/topic-bytes-<dataset>.json``.
+grows: by default the batches are full (the worker's bounds); ``--stream-batch`` and ``--pairs-batch`` set a live
+stream's smaller ones. Writes ``bench/results/topic-bytes-<dataset>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -87,11 +88,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens-1m")
     parser.add_argument("--limit", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--stream-batch", type=int, default=None,
+                        help="events per events micro-batch and partition (default: take_max full packs of 200)")
+    parser.add_argument("--pairs-batch", type=int, default=None, help="pair messages per pairs micro-batch "
+                        "(default: pairs_take_max)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     defaults = StreamSettings()
+    take_max = defaults.take_max if args.stream_batch is None else max(1, args.stream_batch // 200)
+    pairs_take_max = args.pairs_batch or defaults.pairs_take_max
     events = [e for e in dataset_events(args.data, args.limit)[0] if e is not None]
-    outputs = fold_outputs(events, args.partitions, defaults.take_max, defaults.pairs_take_max,
-                           defaults.graph_config())
+    outputs = fold_outputs(events, args.partitions, take_max, pairs_take_max, defaults.graph_config())
     n = len(events)
     written = {topic: sum(len(k or b"") + len(v) for k, v in messages) for topic, messages in outputs.items()}
     result = {
@@ -100,13 +107,13 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": "python " + " ".join(sys.argv),
         "events": n,
-        "batches": {"take_max": defaults.take_max, "pairs_take_max": defaults.pairs_take_max, "events_per_pack": 200},
+        "batches": {"take_max": take_max, "pairs_take_max": pairs_take_max, "events_per_pack": 200},
         "bytes_per_event": {topic: round(b / n) for topic, b in written.items()},
         "records_per_1000_events": {topic: round(1000 * len(m) / n, 1) for topic, m in outputs.items()},
         "total_bytes_per_event": round(sum(written.values()) / n),
     }
     print(json.dumps(result, indent=2))
-    out = ROOT / "bench" / "results" / f"topic-bytes-{result['dataset']}.json"
+    out = args.out or ROOT / "bench" / "results" / f"topic-bytes-{result['dataset']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
