@@ -31,28 +31,35 @@ def events_seen(port: int) -> float:
 
 
 def replay_while_a_second_worker_joins(stack: Stack, second: Settings, events: list[ListenEvent], rate: float,
-                                       join_timeout_s: float = 90.0) -> None:
+                                       join_timeout_s: float = 120.0) -> None:
     """Replay ``events`` at ``rate``: the first third to the first worker alone, then start the second worker and
-    trickle the middle third (a chunk a second) until it reads events (its partitions handed over by a
-    rebalance, their state restored from the changelogs), then the rest at ``rate``."""
+    trickle events (a few a second) until it reads some (its partitions handed over by a rebalance, their state
+    restored from the changelogs), then the rest at ``rate``.
+
+    Raises:
+        AssertionError: when the second worker reads nothing within ``join_timeout_s``.
+    """
     producer = make_producer(stack.settings.kafka)
     sink = EventSink(producer, stack.settings.kafka)
     chunk = max(1, int(rate / 10))
-    third = len(events) // 3
-    port = second.streams.metrics_port
-    joined_by: float | None = None
-    for start in range(0, len(events), chunk):
-        if start >= third and "streams-2" not in stack.processes:
-            stack.add_worker("streams-2", "streams", second)
-            joined_by = time.monotonic() + join_timeout_s
-        sink.send(events[start : start + chunk], wait=False)
+    joining_until: float | None = None
+    position = 0
+    while position < len(events):
         stack.check()
-        if joined_by is not None and start < 2 * third and events_seen(port) == 0:
-            assert time.monotonic() < joined_by, f"the second worker read no event within {join_timeout_s} s"
-            producer.flush()
-            time.sleep(1.0)
-        else:
-            time.sleep(chunk / rate)
+        if position >= len(events) // 3 and "streams-2" not in stack.processes:
+            stack.add_worker("streams-2", "streams", second)
+            joining_until = time.monotonic() + join_timeout_s
+        if joining_until is not None and events_seen(second.streams.metrics_port) > 0:
+            joining_until = None
+        if joining_until is not None:
+            assert time.monotonic() < joining_until, f"the second worker read no event within {join_timeout_s} s"
+            sink.send(events[position : position + 5])
+            position += 5
+            time.sleep(0.5)
+            continue
+        sink.send(events[position : position + chunk], wait=False)
+        position += chunk
+        time.sleep(chunk / rate)
     producer.flush()
     producer.close()
 
@@ -83,11 +90,12 @@ def test_two_stream_workers_build_exactly_what_one_builds(tmp_path, fault):
         result, _ = wait_for_the_fold(stack, reference(events, settings.streams.graph_config()), limit_s=180)
         assert result.items_capped > 0
         assert result.exact, result.as_dict()
-        assert events_seen(second.streams.metrics_port) > 0
-        assert stream_metric(second.streams.metrics_port, "gfm_graph_pairs_total") > 0
+        worked = {name: (events_seen(port), stream_metric(port, "gfm_graph_pairs_total"))
+                  for name, port in (("first", first_port), ("second", second.streams.metrics_port))}
+        assert all(worked["second"]), worked
         if fault is None:
-            assert events_seen(first_port) > 0 and stream_metric(first_port, "gfm_graph_pairs_total") > 0
-            assert not stack.restarts
+            assert all(worked["first"]), worked
+            assert not stack.restarts, stack.restarts
         else:
             assert len(stack.restarts["streams"]) == 1
     finally:
