@@ -160,13 +160,23 @@ class Stack:
         others."""
         if name in self.processes:
             raise ValueError(f"a child called {name!r} runs already")
+        if service == "streams":
+            taken = {s.stream_datadir() for other, s in self._stream_workers() if other in self.processes}
+            if settings.stream_datadir() in taken:
+                raise ValueError(f"{name}: streams.datadir {settings.stream_datadir()} is another stream worker's; "
+                                 "each worker needs its own RocksDB directory")
+        if "broker" in self.processes:  # a fresh embedded broker: any local table state belongs to an older log
+            shutil.rmtree(settings.stream_datadir(), ignore_errors=True)
         self.extra[name] = (service, settings)
         self._spawn(name, ["worker", service], {**os.environ, **settings_env(settings)})
 
+    def _stream_workers(self) -> list[tuple[str, Settings]]:
+        first = [("streams", self.settings)] if "streams" in self.services else []
+        return first + [(name, s) for name, (service, s) in self.extra.items() if service == "streams"]
+
     def stream_metrics_ports(self) -> list[int]:
         """The metrics ports of every stream worker of the stack."""
-        ports = [self.settings.streams.metrics_port] if "streams" in self.services else []
-        return ports + [s.streams.metrics_port for service, s in self.extra.values() if service == "streams"]
+        return [s.streams.metrics_port for _, s in self._stream_workers()]
 
     def wait_until(self, predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
         """Poll ``predicate`` until it returns something truthy (returned), supervising the children meanwhile.

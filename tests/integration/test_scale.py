@@ -75,6 +75,9 @@ def test_two_stream_workers_build_exactly_what_one_builds(tmp_path, fault):
     stack.start()
     try:
         second = second_worker(settings, tmp_path)
+        same_dir = second.model_copy(update={"streams": second.streams.model_copy(update={"datadir": None})})
+        with pytest.raises(ValueError, match="each worker needs its own RocksDB directory"):
+            stack.add_worker("streams-2", "streams", same_dir)  # a shared one hangs the second worker
         events = synthetic_events()
         if fault is None:
             replay_while_a_second_worker_joins(stack, second, events, rate=600)
