@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -133,8 +134,9 @@ def main() -> None:
     }
     runs: list[dict[str, object]] = []
     for workers in counts:
-        root = Path(tempfile.mkdtemp(prefix=f"gfm-scale-{workers}-"))
+        root = Path(tempfile.mkdtemp(prefix=f"gfm-scale-{workers}-"))  # kept when a run fails, for its logs
         runs.append(run(args.data, args.limit, workers, args.partitions, root))
+        shutil.rmtree(root, ignore_errors=True)
         print(json.dumps(runs[-1], indent=2), flush=True)
     results["runs"] = runs
     out = args.out or ROOT / "bench" / "results" / f"scale-{results['dataset']}.json"
