@@ -17,7 +17,7 @@ from streams.agents import StreamConfig, create_app
 from streams.records import DeadLetter
 from vectorstore.base import VectorStore
 from workers.kafka_io import EventSink, ensure_topics, make_producer
-from workers.refresher import Refresher, RefresherLoop
+from workers.refresher import Ownership, Refresher, RefresherLoop
 from workers.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         pairs_take_within_s=settings.streams.pairs_take_within_s,
         min_stream_ms=settings.streams.min_stream_ms,
         producer_max_batch_size=settings.streams.producer_max_batch_size,
-        datadir=str(settings.var_dir / "faust"),
+        datadir=str(settings.stream_datadir()),
         graph=settings.streams.graph_config(),
     )
 
@@ -107,8 +107,9 @@ def start_refresher(settings: Settings, store: VectorStore, registry: CollectorR
     """Start the refresher loop in a thread of this process; its rejected records go to the dead-letter topic."""
     ensure_topics(settings.kafka)
     encoder = build_encoder(settings)
+    ownership = Ownership(settings.kafka.partitions, settings.refresher.replicas, settings.refresher.replica)
     refresher = Refresher(store, build_model(settings, encoder), encoder, RefresherMetrics.create(registry),
-                          settings.refresher)
+                          settings.refresher, ownership=ownership)
     producer = make_producer(settings.kafka)
     topic = settings.kafka.topic("dead-letter")
 
