@@ -165,6 +165,7 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
             "events_per_s_end_to_end": round(seen / done),
             "pairs_merged": pairs,
             "worker_peak_rss_mib": round(peak_rss_mib(worker.pid)),
+            "broker_peak_rss_mib": round(peak_rss_mib(broker.pid)),
             "worker_cpu_s": round(cpu, 2),
             "events_per_worker_cpu_s": round(seen / cpu),
         }
