@@ -13,6 +13,7 @@ redelivered) and the refresher's pending frontier. Results: ``bench/results/soak
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -46,7 +47,7 @@ def endless(data: Path) -> itertools.chain[ListenEvent]:
             events, _ = dataset_events(data)
             for e in events:
                 if e is not None:
-                    yield e if n == 0 else ListenEvent(**{**e.asdict(), "event_id": f"{e.event_id}#r{n}"})
+                    yield e if n == 0 else dataclasses.replace(e, event_id=f"{e.event_id}#r{n}")
 
     return itertools.chain(rounds())
 

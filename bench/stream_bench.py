@@ -20,9 +20,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,12 +33,22 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from models.datasets import load_items  # noqa: E402
 from monitoring.metrics import RefresherMetrics  # noqa: E402
+from streams.records import ListenEvent  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
-from workers.kafka_io import EventSink, dataset_events, ensure_topics, make_producer, publish_catalog, replay  # noqa: E402
+from workers.kafka_io import (  # noqa: E402
+    EventSink,
+    ReplaySummary,
+    dataset_events,
+    ensure_topics,
+    make_producer,
+    publish_catalog,
+    replay,
+)
 from workers.refresher import Refresher, RefresherLoop  # noqa: E402
 from workers.services import build_encoder, build_model, build_store  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 from workers.stack import settings_env, start_broker  # noqa: E402
+from workers.statecheck import TopicMirror, changelog_topics, compare, fold_pairs_topic, reference, stream_state  # noqa: E402
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -62,6 +74,13 @@ def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process (``/proc/<pid>/stat``): a figure the other processes on a
+    shared machine do not inflate, unlike wall-clock time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -69,19 +88,41 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def throughput(data: Path, limit: int | None, root: Path, **streams: int) -> dict[str, float]:
+def throughput(data: Path, limit: int | None, root: Path, live: bool, check: bool, rate: float | None = None,
+               **streams: Any) -> dict[str, Any]:
+    """Time the agents on ``limit`` events.
+
+    Preloaded (``live=False``): the events are in Kafka before the worker starts; times run from the first event
+    the worker reads. Live: the worker is up and idle first (a warm-up preview event went through), then the
+    events are produced as fast as the producer can; times run from the first event produced, so the figure is
+    end to end, production included. With ``check``, the state the worker built (its changelogs) is compared with
+    ``build_graph`` on the same events (see :mod:`workers.statecheck`).
+    """
     settings = make_settings(root / "throughput", **streams)
     broker = start_broker(settings.kafka.bootstrap, root / "broker1.log")
     worker = None
     try:
         ensure_topics(settings.kafka)
         producer = make_producer(settings.kafka)
-        events, total = dataset_events(data, limit)
-        produced = replay(events, EventSink(producer, settings.kafka, pack_size=200), total, progress=False)
-        producer.close()
-        print(f"preloaded {produced.sent} events in {produced.seconds:.1f} s "
-              f"({produced.events_per_s:.0f} events/s produced)", flush=True)
-        worker = start_worker(settings)
+        sink = EventSink(producer, settings.kafka, pack_size=200)
+        events = [e for e in dataset_events(data, limit)[0] if e is not None]
+        produced: list[ReplaySummary] = []
+
+        def produce() -> None:
+            produced.append(replay(iter(events), sink, len(events), rate=rate, progress=False))
+
+        if live:
+            worker = start_worker(settings)
+            warm_up(sink, settings.streams.metrics_port, worker)
+        else:
+            produce()
+        started = time.monotonic()
+        cpu_before = cpu_seconds(worker.pid) if worker is not None else 0.0
+        if live:
+            producer_thread = threading.Thread(target=produce, daemon=True)
+            producer_thread.start()
+        else:
+            worker = start_worker(settings)
         first = last = None
         seen = 0.0
         pairs_last_change = pairs = 0.0
@@ -95,36 +136,83 @@ def throughput(data: Path, limit: int | None, root: Path, **streams: int) -> dic
             except OSError:
                 continue
             now = time.monotonic()
-            count = events_seen(metrics)
+            count = events_seen(metrics) - (1 if live else 0)
             if count > 0 and first is None:
                 first = (now, count)
+                if not live:
+                    cpu_before = cpu_seconds(worker.pid)
             if count > seen:
                 seen, last = count, now
             new_pairs = metrics.get("gfm_graph_pairs_total", 0.0)
             if new_pairs > pairs:
                 pairs, pairs_last_change = new_pairs, now
-            if seen >= produced.sent and pairs >= metrics.get("gfm_graph_pairs_published_total", 0.0):
+            if produced and seen >= produced[0].sent and pairs >= metrics.get("gfm_graph_pairs_published_total", 0):
                 break
             if first is not None and now - max(last or 0, pairs_last_change) > 60:
                 raise RuntimeError(f"no progress for 60 s at {seen} events; see {settings.var_dir}")
         assert first is not None and last is not None
-        span = last - first[0]
-        events_per_s = (seen - first[1]) / span if span > 0 else float("nan")
-        return {
+        cpu = cpu_seconds(worker.pid) - cpu_before
+        origin = started if live else first[0]
+        done = max(last, pairs_last_change) - origin
+        result: dict[str, Any] = {
+            "mode": "live" if live else "preloaded",
+            "produce_rate": rate,
+            "settings": streams,
             "events": seen,
-            "produced_events_per_s": round(produced.events_per_s),
-            "agent_events_per_s": round(events_per_s),
-            "events_drained_s": round(span, 2),
-            "graph_done_s": round(pairs_last_change - first[0], 2),
+            "produced_events_per_s": round(produced[0].events_per_s),
+            "events_applied_s": round(last - origin, 2),
+            "graph_done_s": round(done, 2),
+            "events_per_s_end_to_end": round(seen / done),
             "pairs_merged": pairs,
             "worker_peak_rss_mib": round(peak_rss_mib(worker.pid)),
+            "broker_peak_rss_mib": round(peak_rss_mib(broker.pid)),
+            "worker_cpu_s": round(cpu, 2),
+            "events_per_worker_cpu_s": round(seen / cpu),
         }
+        if check:
+            started = time.monotonic()
+            result["state_check"] = check_state(settings, events)
+            result["state_check"]["check_s"] = round(time.monotonic() - started, 1)
+        return result
     finally:
         if worker is not None:
             worker.terminate()
             worker.wait(20)
         broker.terminate()
         broker.wait(10)
+
+
+def warm_up(sink: EventSink, metrics_port: int, worker: subprocess.Popen[bytes]) -> None:
+    """Wait until the idle worker has processed one event (a preview: no state change), so that start-up and
+    the consumer group's join are not timed."""
+    sink.send([ListenEvent(event_id="bench:warm-up", user_id="bench:warm-up", item_id="bench:warm-up",
+                           item_type="bench", ts=1.0, kind="preview")])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError("worker exited during the warm-up")
+        try:
+            if events_seen(scrape(metrics_port)) >= 1:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("the worker did not process the warm-up event within 120 s")
+
+
+def check_state(settings: Settings, events: list[ListenEvent]) -> dict[str, Any]:
+    """The worker's state (its changelogs) against ``build_graph`` on the same events."""
+    pairs_topic = settings.kafka.topic("pairs")
+    mirror = TopicMirror(settings.kafka.bootstrap, [*changelog_topics(settings.streams.app_id), pairs_topic],
+                         keep_log=[pairs_topic])
+    try:
+        mirror.refresh(idle_s=2.0, limit_s=600.0)
+        users, adjacency = stream_state(mirror, settings.streams.app_id)
+        pairs_fold = fold_pairs_topic(mirror, pairs_topic, settings.streams.graph_config().max_degree)
+    finally:
+        mirror.close()
+    expected, uncapped = reference(events, settings.streams.graph_config())
+    return compare(users, adjacency, expected, uncapped, pairs_fold).as_dict()
 
 
 class Recorder:
@@ -201,6 +289,14 @@ def main() -> None:
     parser.add_argument("--producer-batch-bytes", type=int, default=None,
                         help="the worker's producer_max_batch_size (default: the settings' default, 1 for tansu)")
     parser.add_argument("--take-max", type=int, default=None, help="messages per agent micro-batch")
+    parser.add_argument("--mode", choices=["live", "preloaded"], default="live",
+                        help="live: events produced while the worker runs, timed from the first produced (end to "
+                             "end); preloaded: timed from the first event the worker reads")
+    parser.add_argument("--produce-rate", type=float, default=None,
+                        help="live mode: produce at this many events/s (default: as fast as possible)")
+    parser.add_argument("--pairs-within", type=float, default=None, help="the worker's pairs_take_within_s")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip comparing the worker's state with build_graph on the same events")
     args = parser.parse_args()
     results: dict[str, object] = {
         "dataset": args.data.resolve().name,
@@ -211,8 +307,10 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="gfm-bench-")  # kept when a phase fails, for its logs
     if args.skip != "throughput":
         overrides = {k: v for k, v in {"producer_max_batch_size": args.producer_batch_bytes,
-                                       "take_max": args.take_max}.items() if v is not None}
-        results["throughput"] = throughput(args.data, args.limit, Path(tmp), **overrides)
+                                       "take_max": args.take_max,
+                                       "pairs_take_within_s": args.pairs_within}.items() if v is not None}
+        results["throughput"] = throughput(args.data, args.limit, Path(tmp), args.mode == "live", not args.no_check,
+                                           args.produce_rate, **overrides)
         print(json.dumps(results["throughput"], indent=2), flush=True)
     if args.skip != "latency":
         results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp))

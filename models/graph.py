@@ -7,7 +7,7 @@ functions, so a graph built from a replayed stream equals the graph built in one
   pairs it creates: the new item with each of the user's ``window`` most recent *other* items. A pair
   is created only the first time a user consumes an item, so an edge weight counts users (co-counts),
   not replays.
-* :func:`merge_neighbour` adds one pair to an item's adjacency and enforces the degree cap.
+* :func:`merge_neighbours` adds pairs to an item's adjacency and enforces the degree cap.
 
 Degree rule: an item holds at most ``2 * max_degree`` neighbours. When a new neighbour brings it to
 ``2 * max_degree``, it is pruned to the ``max_degree`` neighbours with the highest ``(weight, last_ts,
@@ -25,13 +25,16 @@ Data shapes (JSON-friendly so they travel through Kafka and Faust tables unchang
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice, repeat
+from operator import itemgetter
 from typing import Any
 
 UserState = dict[str, Any]
 Adjacency = dict[str, list[Any]]
+
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,13 @@ def new_user_state() -> UserState:
 
 
 def recent_items(state: UserState, limit: int | None = None) -> list[tuple[str, str, float]]:
-    """The user's recent items of all types as ``(item_id, item_type, ts)``, newest first."""
-    merged = [(ts, item, itype) for itype, rows in state["recent"].items() for item, ts in rows]
-    newest = heapq.nlargest(limit, merged) if limit is not None else sorted(merged, reverse=True)
-    return [(item, itype, ts) for ts, item, itype in newest]
+    """The user's recent items of all types as ``(item_id, item_type, ts)``, newest first (ties: the greater
+    ``(item_id, item_type)`` first)."""
+    merged: list[tuple[float, str, str]] = []
+    for itype, rows in state["recent"].items():
+        merged += zip(map(_SECOND, rows), map(_FIRST, rows), repeat(itype), strict=False)
+    merged.sort(reverse=True)
+    return [(item, itype, ts) for ts, item, itype in (merged if limit is None else merged[:limit])]
 
 
 def apply_consumption(
@@ -124,17 +130,49 @@ def _trim_oldest(entries: dict[str, Any], limit: int) -> None:
 
 def merge_neighbour(adjacency: Adjacency, dst: str, dst_type: str, ts: float, max_degree: int) -> None:
     """Add the pair ``(src, dst)`` to ``adjacency`` (that of ``src``), in place, under the degree rule."""
-    entry = adjacency.get(dst)
-    if entry is not None:
-        entry[1] += 1
-        if ts > entry[2]:
-            entry[2] = ts
-        return
-    adjacency[dst] = [dst_type, 1, ts]
-    if len(adjacency) >= 2 * max_degree:
-        ranked = sorted(adjacency.items(), key=lambda kv: (kv[1][1], kv[1][2], kv[0]), reverse=True)
-        adjacency.clear()
-        adjacency.update(ranked[:max_degree])
+    merge_neighbours(adjacency, (dst, dst_type, ts), max_degree)
+
+
+def merge_neighbours(adjacency: Adjacency, flat: Sequence[Any], max_degree: int, start: int = 0) -> None:
+    """Add pairs ``(src, dst)`` to ``adjacency`` (that of ``src``), in order, in place, under the degree rule.
+
+    Args:
+        adjacency: the source item's adjacency.
+        flat: ``dst, dst_type, ts, dst, dst_type, ts, ...`` from index ``start`` on (the layout of a pair group,
+            see ``streams.agents.pack_pairs``), so that a group is merged without copying it.
+        max_degree: the degree cap.
+        start: where the first triple begins in ``flat``.
+
+    The same result as :func:`merge_neighbour` on each triple in turn: this is the hot loop of the edges agent
+    (tens of millions of pairs), written once here for both.
+    """
+    cap = 2 * max_degree
+    get = adjacency.get
+    triples = islice(flat, start, None)
+    for dst, dst_type, ts in zip(triples, triples, triples, strict=False):
+        entry = get(dst)
+        if entry is not None:
+            entry[1] += 1
+            if ts > entry[2]:
+                entry[2] = ts
+            continue
+        adjacency[dst] = [dst_type, 1, ts]
+        if len(adjacency) >= cap:
+            _prune(adjacency, max_degree)
+
+
+def _prune(adjacency: Adjacency, max_degree: int) -> None:
+    """Keep the ``max_degree`` neighbours with the highest ``(weight, last_ts, item_id)``, heaviest first.
+
+    Built from C-level iterators (``map``/``zip``/``itemgetter``): a prune ranks ``2 * max_degree`` rows and the
+    edges agent prunes tens of thousands of times per minute.
+    """
+    rows = adjacency.values()
+    ranked = sorted(zip(map(_SECOND, rows), map(_THIRD, rows), adjacency, strict=True), reverse=True)  # weight, ts
+    kept = list(map(_THIRD, ranked[:max_degree]))
+    values = itemgetter(*kept)(adjacency) if len(kept) > 1 else (adjacency[kept[0]],)
+    adjacency.clear()
+    adjacency.update(zip(kept, values, strict=True))
 
 
 @dataclass
@@ -152,7 +190,7 @@ class CoGraph:
         _, pairs = apply_consumption(state, event_id, item_id, item_type, ts, self.config)
         self.item_types.setdefault(item_id, item_type)
         for src, _, dst, dst_type, pair_ts in pairs:
-            merge_neighbour(self.adjacency.setdefault(src, {}), dst, dst_type, pair_ts, self.config.max_degree)
+            merge_neighbours(self.adjacency.setdefault(src, {}), (dst, dst_type, pair_ts), self.config.max_degree)
         return pairs
 
     def edges(self) -> Iterator[tuple[str, str, int]]:

@@ -44,13 +44,13 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import faust
 import orjson
 from kafka.partitioner.default import murmur2
 
-from models.graph import Adjacency, GraphConfig, UserState, apply_consumption, merge_neighbour, new_user_state
+from models.graph import Adjacency, GraphConfig, UserState, apply_consumption, merge_neighbours, new_user_state
 from monitoring.metrics import StreamMetrics
 from streams.errors import InvalidRecord
 from streams.records import (
@@ -64,6 +64,8 @@ from streams.records import (
 
 log = logging.getLogger(__name__)
 
+E = TypeVar("E")
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -76,8 +78,10 @@ class StreamConfig:
     take_max: int = 100
     pairs_take_max: int = 500
     take_within_s: float = 0.1
+    pairs_take_within_s: float = 0.1
     min_stream_ms: int = 30_000
     producer_max_batch_size: int = 1
+    cache_entries: int = 20_000
     datadir: str = "var/faust"
     store: str = "gfm-rocksdb://"
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -182,6 +186,7 @@ def fold_events(
             found = looked_up[user_id]
         return found
 
+    message_groups: dict[str, list[Any]] = {}  # this message's pair groups, by source item
     for raw, sent_at, partition, offset in messages:
         try:
             events, rejected = decode_pack(raw, validate_event)
@@ -224,12 +229,14 @@ def fold_events(
             changed_here.add(event.user_id)
             batch.sent_at[event.user_id] = min(batch.sent_at.get(event.user_id, sent_at), sent_at)
             for src, src_type, dst, dst_type, pair_ts in pairs:
-                groups = batch.pairs[partition_for(src, config.partitions)]
-                group = groups.get((src, partition, offset))
+                group = message_groups.get(src)
                 if group is None:
-                    group = groups[(src, partition, offset)] = [src, src_type, partition, offset]
+                    group = message_groups[src] = [src, src_type, partition, offset]
                 group += (dst, dst_type, pair_ts)
             batch.pair_count += len(pairs)
+        for src, group in message_groups.items():
+            batch.pairs[partition_for(src, config.partitions)][(src, partition, offset)] = group
+        message_groups.clear()
         for user_id in changed_here:
             batch.users[user_id].offsets[source] = offset
     return batch
@@ -272,13 +279,33 @@ def decode_pairs(raw: bytes | None) -> list[list[Any]]:
         for name, number in (("partition", partition), ("offset", offset)):
             if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 2**63:
                 raise InvalidRecord(name, number, "must be a non-negative integer")
-        for k in range(4, len(group), 3):
-            dst, dst_type, ts = group[k : k + 3]
-            if not (isinstance(dst, str) and dst and isinstance(dst_type, str) and dst_type):
-                raise InvalidRecord("dst", group[k : k + 2], "neighbour item and type must be non-empty strings")
-            if isinstance(ts, bool) or not isinstance(ts, int | float) or ts != ts:
-                raise InvalidRecord("ts", ts, "must be a number")
+        if not _well_typed(group):
+            _name_bad_pair(group)
     return groups
+
+
+_STR = frozenset({str})
+_NUMBER = frozenset({int, float})
+
+
+def _well_typed(group: list[Any]) -> bool:
+    """Whether every ``(dst, dst_type, ts)`` of a group is well typed: checked a column at a time, in C, because
+    this runs for every one of the tens of millions of pairs (the per-pair loop is :func:`_name_bad_pair`).
+    JSON has no NaN or infinity (``load_json`` is strict), so a number is a finite int or float."""
+    dst, dst_type, ts = group[4::3], group[5::3], group[6::3]
+    return (set(map(type, dst)) <= _STR and set(map(type, dst_type)) <= _STR and "" not in dst
+            and "" not in dst_type and set(map(type, ts)) <= _NUMBER)
+
+
+def _name_bad_pair(group: list[Any]) -> None:
+    """Raise :class:`InvalidRecord` naming the first ill-typed pair of a group that :func:`_well_typed` refused."""
+    for k in range(4, len(group), 3):
+        dst, dst_type, ts = group[k : k + 3]
+        if not (isinstance(dst, str) and dst and isinstance(dst_type, str) and dst_type):
+            raise InvalidRecord("dst", group[k : k + 2], "neighbour item and type must be non-empty strings")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or ts != ts:
+            raise InvalidRecord("ts", ts, "must be a number")
+    raise AssertionError("unreachable: _well_typed refused a group with no bad pair")  # pragma: no cover
 
 
 @dataclass
@@ -316,9 +343,7 @@ def fold_pairs(
                 continue
             if entry is None:
                 entry = ItemEntry(group[1])
-            adjacency = entry.adjacency
-            for k in range(4, len(group), 3):
-                merge_neighbour(adjacency, group[k], group[k + 1], group[k + 2], max_degree)
+            merge_neighbours(entry.adjacency, group, max_degree, start=4)
             entry.offsets[source] = origin
             batch.items[src] = entry
             batch.merged += n
@@ -396,6 +421,41 @@ def decode_item(raw: bytes) -> ItemEntry:
     return ItemEntry(value["type"], value["adj"], value["offsets"])
 
 
+class EntryCache(Generic[E]):
+    """Decoded table values, so that a key touched by every micro-batch (a popular item, an active user) is
+    decoded once rather than once per batch.
+
+    It holds what this worker wrote (after the write) or read; the agents are the tables' only writers and a key
+    belongs to one worker at a time, so an entry never goes stale while its partition stays here. Cleared on
+    every rebalance. At most ``limit`` entries (the oldest inserted is dropped first).
+    """
+
+    def __init__(self, limit: int, load: Callable[[bytes], E | None]) -> None:
+        self.limit = limit
+        self.load = load
+        self.entries: dict[str, E] = {}
+
+    def get(self, key: str) -> E | None:
+        """The entry of ``key``: cached, else loaded (and cached), else None."""
+        found = self.entries.get(key)
+        if found is None:
+            found = self.load(key.encode())
+            if found is not None:
+                self.put(key, found)
+        return found
+
+    def put(self, key: str, entry: E) -> None:
+        """Remember the entry just written for ``key``."""
+        entries = self.entries
+        entries[key] = entry
+        if len(entries) > self.limit:
+            del entries[next(iter(entries))]
+
+    def clear(self) -> None:
+        """Forget everything (on a rebalance)."""
+        self.entries.clear()
+
+
 def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
     """Build the Faust app with its topics, tables and agents.
 
@@ -440,22 +500,28 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
 
     trackers = {"events": OffsetTracker(), "pairs": OffsetTracker()}
 
+    def stored(table: Any, decode: Callable[[bytes], E]) -> Callable[[bytes], E | None]:
+        def load(key: bytes) -> E | None:
+            found = table.get(key)
+            return None if found is None else decode(found)
+        return load
+
+    user_cache = EntryCache(config.cache_entries, stored(users, decode_user))
+    item_cache = EntryCache(config.cache_entries, stored(adjacency, decode_item))
+
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def forget_offsets(*_: Any, **__: Any) -> None:
         for tracker in trackers.values():
             tracker.next.clear()
+        user_cache.clear()
+        item_cache.clear()
 
     async def handle_events(events: list[Any]) -> None:
         started = time.perf_counter()
         trackers["events"].check((e.message.partition, e.message.offset) for e in events)
-
-        def lookup(user_id: str) -> UserEntry | None:
-            found = users.get(user_id.encode())
-            return None if found is None else decode_user(found)
-
         batch = fold_events(
             ((e.value, e.message.timestamp, e.message.partition, e.message.offset) for e in events),
-            lookup, config)
+            user_cache.get, config)
         await send_dead(config.topic("events"), batch.dead)
         for partition, rows in batch.rerouted.items():
             await events_topic.send(value=orjson.dumps(rows), partition=partition)
@@ -471,6 +537,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         await app.producer.flush()  # outputs delivered before the state that records them (rule 2)
         for user_id, value in values.items():
             users[user_id.encode()] = value
+            user_cache.put(user_id, batch.users[user_id])
         metrics.pairs_published.inc(batch.pair_count)
         for outcome, n in batch.outcomes.items():
             metrics.events.labels(outcome).inc(n)
@@ -480,13 +547,8 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
     async def handle_pairs(events: list[Any]) -> None:
         started = time.perf_counter()
         trackers["pairs"].check((e.message.partition, e.message.offset) for e in events)
-
-        def lookup(item_id: str) -> ItemEntry | None:
-            found = adjacency.get(item_id.encode())
-            return None if found is None else decode_item(found)
-
         first_event = min(e.message.timestamp for e in events)  # item updates carry it on (monitoring)
-        batch = fold_pairs(((e.value, e.message.partition, e.message.offset) for e in events), lookup,
+        batch = fold_pairs(((e.value, e.message.partition, e.message.offset) for e in events), item_cache.get,
                            config.graph.max_degree)
         await send_dead(config.topic("pairs"), batch.dead)
         values = {}
@@ -496,6 +558,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         await app.producer.flush()
         for item_id, value in values.items():
             adjacency[item_id.encode()] = value
+            item_cache.put(item_id, batch.items[item_id])
         metrics.pairs.inc(batch.merged)
         metrics.pairs_redelivered.inc(batch.redelivered)
         metrics.item_updates.inc(len(batch.items))
@@ -529,7 +592,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
 
     @app.agent(pairs_topic)
     async def update_edges(stream: faust.StreamT) -> None:
-        takes = stream.take_events(config.pairs_take_max, within=config.take_within_s)  # type: ignore[attr-defined]
+        takes = stream.take_events(config.pairs_take_max, within=config.pairs_take_within_s)  # type: ignore[attr-defined]
         async for events in takes:
             await guarded(handle_pairs, events)
 

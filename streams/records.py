@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import faust
@@ -34,8 +35,13 @@ which locate the whole of it), so a huge poison message cannot make the dead let
 R = TypeVar("R")
 
 
-class ListenEvent(faust.Record, serializer="json"):
-    """One listening event: ``user_id`` played (or previewed, or followed) ``item_id`` at ``ts``."""
+@dataclass(frozen=True, slots=True)
+class ListenEvent:
+    """One listening event: ``user_id`` played (or previewed, or followed) ``item_id`` at ``ts``.
+
+    A plain slotted dataclass, not a ``faust.Record``: the events agent builds one per event (tens of thousands
+    per second), and a Record costs ten times as much to build. Events travel as JSON (:func:`event_to_dict`).
+    """
 
     event_id: str
     user_id: str

@@ -20,6 +20,12 @@ started, it only folds records into its state and the frontier (``apply(defer=Tr
 drained as usual, so the model computes the history once, not once per historical micro-batch. Upserts are
 idempotent, so replaying is safe.
 
+**Replicas.** ``refresher.replicas`` refreshers share the work by Kafka partition (:class:`Ownership`): replica ``r``
+owns the users and items whose partition (Kafka's murmur2 partitioner, as every keyed topic routes them) is ``r``
+modulo ``replicas``. Each replica reads the whole catalogue and item-updates topics, since an item's vector reads
+its neighbours' and a user's reads any item's, but only its own partitions of user-updates, and upserts only its
+own items and users; together they write what one refresher writes.
+
 **Faults.** A record that cannot be decoded goes to the dead-letter topic with its reason. A vector store
 error is retried with exponential backoff (the batch is kept, nothing is skipped) while :attr:`Refresher.degraded`
 says why, which ``/healthz`` reports.
@@ -42,6 +48,7 @@ from models.graph import UserState
 from models.text import TextEncoder, item_text
 from monitoring.lag import refresher_group
 from monitoring.metrics import RefresherMetrics
+from streams.agents import partition_for
 from streams.errors import InvalidRecord
 from streams.records import (
     CatalogItem,
@@ -100,6 +107,29 @@ def collect(records: Iterable[Record], kafka: KafkaSettings) -> Changes:
     return changes
 
 
+@dataclass(frozen=True)
+class Ownership:
+    """Which users and items one refresher replica upserts: those of the Kafka partitions ``p`` with
+    ``p % replicas == replica`` (all of them for a lone refresher)."""
+
+    partitions: int = 1
+    replicas: int = 1
+    replica: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.replica < self.replicas <= self.partitions:
+            raise ValueError(f"replica {self.replica} of {self.replicas} over {self.partitions} partitions: need "
+                             "0 <= replica < replicas <= partitions")
+
+    def partition(self, partition: int) -> bool:
+        """Whether this replica owns ``partition``."""
+        return partition % self.replicas == self.replica
+
+    def owns(self, key: str) -> bool:
+        """Whether this replica upserts the user or item ``key``."""
+        return self.replicas == 1 or self.partition(partition_for(key, self.partitions))
+
+
 class Refresher:
     """Turns refresh requests into upserted vectors.
 
@@ -110,6 +140,7 @@ class Refresher:
         metrics: refresher metrics.
         batch: micro-batch bounds.
         stop: set to give up a store retry (shutdown).
+        ownership: the users and items this replica upserts (all by default).
     """
 
     def __init__(
@@ -120,6 +151,7 @@ class Refresher:
         metrics: RefresherMetrics,
         batch: RefresherSettings,
         stop: threading.Event | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.store = store
         self.model = model
@@ -127,6 +159,7 @@ class Refresher:
         self.metrics = metrics
         self.batch = batch
         self.stop = stop or threading.Event()
+        self.ownership = ownership or Ownership()
         self.graph = LiveGraph(text_dim=encoder.dim, vector_dim=model.dim)
         self.users: dict[str, UserUpdate] = {}
         self.item_users: dict[str, set[str]] = {}
@@ -166,6 +199,8 @@ class Refresher:
         direct_items = text_changed | adjacency_changed
         for item_id in self.graph.affected(adjacency_changed, text_changed, self.model.hops) - direct_items:
             self.pending_items[item_id] = None
+        if self.ownership.replicas > 1:  # another replica's users (the loop reads only this one's partitions)
+            changes.users = {k: u for k, u in changes.users.items() if self.ownership.owns(k)}
         for update in changes.users.values():
             self._remember(update)
             self.pending_users.pop(update.user_id, None)
@@ -244,12 +279,13 @@ class Refresher:
                       self.model.version, now)
             for r, v in zip(rows_kept, vectors[keep], strict=True)
         ]
-        self._retry("upsert", lambda: self.store.upsert_items(points))
+        mine = [p for p in points if self.ownership.owns(p.item_id)]  # every vector computed, own ones written
+        self._retry("upsert", lambda: self.store.upsert_items(mine))
         for point in points:  # their users read them: refresh those too (the frontier)
             for user_id in self.item_users.get(point.item_id, ()):
                 self.pending_users[user_id] = None
-        self.items_refreshed += len(points)
-        self.metrics.upserts.labels("item").inc(len(points))
+        self.items_refreshed += len(mine)
+        self.metrics.upserts.labels("item").inc(len(mine))
 
     def _refresh_users(self, updates: list[UserUpdate], direct: int, now: float | None) -> None:
         states: list[UserState] = [u.state for u in updates]
@@ -304,7 +340,8 @@ class RefresherLoop:
         for name in ("catalog", "item-updates", "user-updates"):
             topic = self.kafka.topic(name)
             found = consumer.partitions_for_topic(topic) or set()
-            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+            partitions += [TopicPartition(topic, p) for p in sorted(found)
+                           if name != "user-updates" or self.refresher.ownership.partition(p)]
         if not partitions:
             raise RuntimeError("the refresher's topics do not exist yet: run `gfm up` or create them first")
         consumer.assign(partitions)

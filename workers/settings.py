@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.graph import GraphConfig
@@ -52,12 +52,19 @@ class StreamSettings(BaseModel):
     pairs_take_max: int = Field(
         500, ge=1, description="pair messages per micro-batch: larger batches write each touched item less often"
     )
-    take_within_s: float = Field(0.1, gt=0)
+    take_within_s: float = Field(0.1, gt=0, description="longest wait for an events micro-batch to fill")
+    pairs_take_within_s: float = Field(
+        0.1, gt=0, description="longest wait for a pairs micro-batch to fill: longer writes each touched item (its "
+                               "whole adjacency, to the changelog and the refresher) less often, at the cost of "
+                               "item freshness")
     min_stream_ms: int = Field(30_000, ge=0, description="a stream shorter than this is not a consumption")
     producer_max_batch_size: int = Field(
         1, ge=1, description="1 for tansu, whose wrong end offsets lose table updates on restore otherwise"
     )
     metrics_port: int = 9101
+    datadir: Path | None = None
+    """This worker's RocksDB table directory (``var_dir/faust`` when unset). Every stream worker needs its own:
+    the tables are local caches of their changelogs, per worker."""
     window: int = 20
     history_per_type: int = 50
     max_consumed: int = 2000
@@ -84,6 +91,14 @@ class RefresherSettings(BaseModel):
     retry_initial_s: float = Field(0.2, gt=0, description="first wait before retrying a failed vector store call")
     retry_max_s: float = Field(5.0, gt=0, description="longest wait between vector store retries")
     metrics_port: int = 9102
+    replicas: int = Field(1, ge=1, description="refresher replicas sharing the work (see workers/refresher.py)")
+    replica: int = Field(0, ge=0, description="this replica's index, 0 to replicas - 1")
+
+    @model_validator(mode="after")
+    def _replica_in_range(self) -> RefresherSettings:
+        if self.replica >= self.replicas:
+            raise ValueError(f"refresher.replica={self.replica} must be below refresher.replicas={self.replicas}")
+        return self
 
 
 class ApiSettings(BaseModel):
@@ -131,3 +146,14 @@ class Settings(BaseSettings):
     refresher: RefresherSettings = RefresherSettings()
     api: ApiSettings = ApiSettings()
     model: ModelSettings = ModelSettings()
+
+    @model_validator(mode="after")
+    def _replicas_fit_partitions(self) -> Settings:
+        if self.refresher.replicas > self.kafka.partitions:
+            raise ValueError(f"refresher.replicas={self.refresher.replicas} exceeds kafka.partitions="
+                             f"{self.kafka.partitions}: a replica owns whole partitions, so some would own nothing")
+        return self
+
+    def stream_datadir(self) -> Path:
+        """The stream worker's RocksDB directory."""
+        return self.streams.datadir or self.var_dir / "faust"

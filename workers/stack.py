@@ -115,6 +115,8 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, list[float]] = field(default_factory=dict)
     """Per child, when it was restarted (monotonic seconds)."""
+    extra: dict[str, tuple[str, Settings]] = field(default_factory=dict)
+    """Further children (:meth:`add_worker`): per name, the service and its own settings."""
     _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
 
     @property
@@ -138,7 +140,7 @@ class Stack:
         if settings.kafka.embedded_broker:
             # the embedded broker keeps its topics in memory: a new one starts empty, so the stream worker's
             # local table state (and the offsets recorded in it) belongs to a log that no longer exists
-            shutil.rmtree(settings.var_dir / "faust", ignore_errors=True)
+            shutil.rmtree(settings.stream_datadir(), ignore_errors=True)
             self.processes["broker"] = start_broker(settings.kafka.bootstrap, settings.var_dir / "logs/broker.log")
         ensure_topics(settings.kafka)
         env = dict(os.environ)
@@ -154,6 +156,30 @@ class Stack:
             return False
 
         self.wait_until(answers, timeout_s, f"the API to answer at {self.api_url}", interval_s=0.3)
+
+    def add_worker(self, name: str, service: str, settings: Settings) -> None:
+        """Start one more ``gfm worker service`` child called ``name``, with its own settings (a second stream
+        worker in the same consumer group needs its own metrics port and RocksDB directory); supervised like the
+        others."""
+        if name in self.processes:
+            raise ValueError(f"a child called {name!r} runs already")
+        if service == "streams":
+            taken = {s.stream_datadir() for other, s in self._stream_workers() if other in self.processes}
+            if settings.stream_datadir() in taken:
+                raise ValueError(f"{name}: streams.datadir {settings.stream_datadir()} is another stream worker's; "
+                                 "each worker needs its own RocksDB directory")
+        if "broker" in self.processes:  # a fresh embedded broker: any local table state belongs to an older log
+            shutil.rmtree(settings.stream_datadir(), ignore_errors=True)
+        self.extra[name] = (service, settings)
+        self._spawn(name, ["worker", service], {**os.environ, **settings_env(settings)})
+
+    def _stream_workers(self) -> list[tuple[str, Settings]]:
+        first = [("streams", self.settings)] if "streams" in self.services else []
+        return first + [(name, s) for name, (service, s) in self.extra.items() if service == "streams"]
+
+    def stream_metrics_ports(self) -> list[int]:
+        """The metrics ports of every stream worker of the stack."""
+        return [s.streams.metrics_port for _, s in self._stream_workers()]
 
     def wait_until(self, predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
         """Poll ``predicate`` until it returns something truthy (returned), supervising the children meanwhile.

@@ -263,14 +263,14 @@ def wait_for_the_fold(stack: Any, expected: tuple[CoGraph, CoGraph], limit_s: fl
 
 
 def wait_until_idle(stack: Any, deadline: float, quiet_s: float = 2.0) -> float:
-    """Wait until the stream worker's counters stop moving for ``quiet_s`` (cheap, unlike reading the state
+    """Wait until the stream workers' counters stop moving for ``quiet_s`` (cheap, unlike reading the state
     back); returns when they last moved (monotonic seconds)."""
-    port = stack.settings.streams.metrics_port
+    ports = stack.stream_metrics_ports()
     names = ("gfm_stream_events_total", "gfm_graph_pairs_total", "gfm_graph_pairs_redelivered_total")
     last, moved = None, time.monotonic()
     while time.monotonic() < deadline:
         stack.check()
-        now = tuple(stream_metric(port, name) for name in names)
+        now = tuple(stream_metric(port, name) for port in ports for name in names)
         if now != last:
             last, moved = now, time.monotonic()
         elif time.monotonic() - moved >= (quiet_s if sum(now) > 0 else 10 * quiet_s):

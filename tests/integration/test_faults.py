@@ -38,7 +38,11 @@ def test_worker_killed_twice_mid_replay_ends_exactly_at_the_fold_of_the_log(stre
     pairs topic in its order). max_degree=10 makes the cap bite."""
     result = run_fault_scenario(streams_only, synthetic_events(), [Fault(0.3, sig), Fault(0.65, sig)], rate=600,
                                 catch_up_limit_s=120)
-    assert len(result["faults"]) == 2 and result["restarts"]["streams"] == 2
+    assert len(result["faults"]) == 2
+    # Any restart beyond the two kills must be the offset-hole rule at work (tansu skipped a message; the worker
+    # stopped before applying anything after the hole), never another crash.
+    log = (streams_only.settings.var_dir / "logs" / "streams.log").read_text()
+    assert result["restarts"]["streams"] == 2 + log.count("stream agent crashed: OffsetGap"), log[-2000:]
     comparison = result["comparison"]
     assert comparison["items_capped"] > 0
     assert comparison["exact"], comparison

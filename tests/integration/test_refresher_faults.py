@@ -104,7 +104,10 @@ def test_refresher_killed_mid_stream_ends_with_the_vectors_of_a_clean_run(tmp_pa
 
         def progress():
             stack.check()
-            status, body = http_json(f"{stack.api_url}/healthz")
+            try:
+                status, body = http_json(f"{stack.api_url}/healthz")
+            except OSError:  # the restarted API is not listening yet: not settled
+                return time.monotonic()
             refresher = body.get("refresher", {}) if status == 200 else {}
             return status, refresher.get("items_refreshed"), refresher.get("users_refreshed"), \
                 refresher.get("pending_users")

@@ -66,4 +66,5 @@ def test_compose_file_is_valid():
     assert result.returncode == 0, result.stderr
     services = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
                               capture_output=True, text=True, cwd=ROOT).stdout.split()
-    assert {"kafka", "qdrant", "prometheus", "grafana", "streams", "refresher", "api"} <= set(services)
+    assert {"kafka", "qdrant", "prometheus", "grafana", "streams-1", "streams-2", "refresher-1", "refresher-2",
+            "api"} <= set(services)

@@ -4,7 +4,7 @@ import pytest
 
 from streams.agents import StreamConfig, counts_as_consumption, fold_events, partition_for
 from streams.errors import InvalidRecord
-from streams.records import ListenEvent, decode_pack, validate_catalog_item, validate_event
+from streams.records import ListenEvent, decode_pack, event_to_dict, validate_catalog_item, validate_event
 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "item_type": "podcast", "ts": 1.7e9}
 
@@ -55,9 +55,9 @@ def test_unreadable_message_is_rejected_whole():
 def test_short_streams_and_previews_are_not_consumptions():
     base = ListenEvent(event_id="e", user_id="u", item_id="i", item_type="t", ts=1.0)
     assert counts_as_consumption(base, 30_000)
-    assert not counts_as_consumption(ListenEvent(**{**base.asdict(), "ms_played": 1000}), 30_000)
-    assert not counts_as_consumption(ListenEvent(**{**base.asdict(), "kind": "preview"}), 30_000)
-    assert counts_as_consumption(ListenEvent(**{**base.asdict(), "kind": "follow", "ms_played": 0}), 30_000)
+    assert not counts_as_consumption(ListenEvent(**{**event_to_dict(base), "ms_played": 1000}), 30_000)
+    assert not counts_as_consumption(ListenEvent(**{**event_to_dict(base), "kind": "preview"}), 30_000)
+    assert counts_as_consumption(ListenEvent(**{**event_to_dict(base), "kind": "follow", "ms_played": 0}), 30_000)
 
 
 def test_fold_events_sorts_outcomes_and_dead_letters():
