@@ -23,7 +23,7 @@ from models.evaluate import Split
 from models.graph import UserState
 from models.hgnn import HGNN, HGNNConfig, TypedGraph, embed, train_hgnn
 from models.text import TextEncoder
-from models.train import TrainConfig, graph_of, histories_list, peak_rss_mib, pick_device, text_embeddings
+from models.train import TrainConfig, graph_of, histories_list, peak_rss_mib, pick_device, text_embeddings, times_list
 from models.twotower import TwoTower, TwoTowerConfig, train_two_tower, user_features, user_item_features
 
 
@@ -38,7 +38,8 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     embedding = embed(hgnn, graph, text, device)
     degree = graph.weighted_degree(len(split.items)) if config.two_tower.item_degree else None
     towers, tt_losses = train_two_tower(histories_list(split), embedding, text, split.item_type,
-                                        len(split.type_names), config.two_tower, device, degree=degree)
+                                        len(split.type_names), config.two_tower, device, degree=degree,
+                                        times=times_list(split))
     version = f"2t-hgnn-{split.name}-{fingerprint}-{time.strftime('%Y%m%d%H%M%S')}"
     directory = out_root / version
     directory.mkdir(parents=True, exist_ok=False)

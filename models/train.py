@@ -40,11 +40,13 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-no_uniform_negatives": ({}, {"uniform_negatives": 0}),
     "2t_hgnn-no_item_bias": ({}, {"item_bias": False}),
     "2t_hgnn-no_exclude_consumed": ({}, {"exclude_consumed": False}),
+    "2t_hgnn-no_time_weighted": ({}, {"time_weighted": False}),
     "2t_hgnn-no_in_batch": ({"in_batch": False}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-all_off": ({"in_batch": False, "text_skip": False},
                         {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False,
-                         "uniform_negatives": 0, "item_bias": False, "exclude_consumed": False}),
+                         "uniform_negatives": 0, "item_bias": False, "exclude_consumed": False,
+                         "time_weighted": False}),
 }
 """Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), or one more on (``+``): HGNN config
 changes, two-tower config changes."""
@@ -107,6 +109,14 @@ def _build_typed_graph(split: Split, events: list[tuple[str, int, float]], confi
 def histories_list(split: Split) -> list[list[int]]:
     """Training histories in a fixed order."""
     return list(split.histories.values())
+
+
+def times_list(split: Split) -> list[list[float]]:
+    """The times of the events of :func:`histories_list`, in the same order."""
+    stamps: dict[str, list[float]] = {user: [] for user in split.histories}
+    for user, _, ts in split.train:
+        stamps[user].append(ts)
+    return [stamps[user] for user in split.histories]
 
 
 def two_tower_scorer(split: Split, model: TwoTower, embedding: np.ndarray, text: np.ndarray,
@@ -213,12 +223,13 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
 
     add("hgnn", lambda seed: embedding_scorer(split, hgnn_embeddings(seeded(seed)[0]), config.two_tower.history))
     histories = histories_list(split)
+    times = times_list(split)
     num_types = len(split.type_names)
 
     def unified(embedding: np.ndarray, tt: TwoTowerConfig) -> Scorer:
         degree = graph().weighted_degree(len(split.items)) if tt.item_degree else None
         model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
-                                        degree=degree)
+                                        degree=degree, times=times)
         cache.setdefault("tt_losses", losses)
         return two_tower_scorer(split, model, embedding, text, tt, device, degree)
 
@@ -232,7 +243,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         scorers = {}
         for t in range(len(split.type_names)):
             model, _ = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
-                                       target_types=np.array([t]), degree=degree)
+                                       target_types=np.array([t]), degree=degree, times=times)
             scorers[t] = two_tower_scorer(split, model, embedding, text, tt, device, degree)
 
         def score(users: list[str], candidates: np.ndarray) -> np.ndarray:

@@ -63,6 +63,10 @@ class TwoTowerConfig:
     """Drop from each example's softmax the items its user consumed before it, as evaluation and serving rank
     only unconsumed items: otherwise the towers spend capacity pushing down what a user has already seen,
     popular items first."""
+    time_weighted: bool = True
+    """Pick each user's example positions with probability proportional to the time since the previous event
+    (a cut uniform in time, not in the sequence), when times are given: the next item after a gap, as a
+    served user's next item comes after the last one, not within a rating session."""
     seed: int = 0
 
 
@@ -196,7 +200,7 @@ def user_features(histories: Sequence[Sequence[int]], embedding: np.ndarray, ite
 
 def training_examples(histories: Sequence[Sequence[int]], embedding: np.ndarray, item_type: np.ndarray,
                       num_types: int, config: TwoTowerConfig, rng: np.random.Generator,
-                      target_types: np.ndarray | None = None
+                      target_types: np.ndarray | None = None, times: Sequence[Sequence[float]] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(history prefix features, next item) pairs: up to ``examples_per_user`` random positions of each
     user's sequence, optionally only those whose next item has a type in ``target_types``.
@@ -214,7 +218,12 @@ def training_examples(histories: Sequence[Sequence[int]], embedding: np.ndarray,
         if target_types is not None and len(positions):
             positions = positions[np.isin(item_type[sequence[positions]], target_types)]
         if len(positions) > config.examples_per_user:
-            positions = np.sort(rng.choice(positions, config.examples_per_user, replace=False))
+            weight = None
+            if config.time_weighted and times is not None:
+                stamps = np.asarray(times[user], dtype=np.float64)
+                gap = np.maximum(stamps[positions] - stamps[positions - 1], 0.0) + 1.0
+                weight = gap / gap.sum()
+            positions = np.sort(rng.choice(positions, config.examples_per_user, replace=False, p=weight))
         if len(positions):
             features.append(prefix_features(sequence, positions, embedding, item_type, num_types, config.history,
                                             config.last_item))
@@ -270,6 +279,7 @@ def train_two_tower(
     device: torch.device,
     target_types: np.ndarray | None = None,
     degree: np.ndarray | None = None,
+    times: Sequence[Sequence[float]] | None = None,
 ) -> tuple[TwoTower, list[float]]:
     """Train on (history -> next item) pairs from ``histories`` (sequences of item indices, oldest first);
     ``degree`` is each item's weighted degree in the co-interaction graph (needed when ``item_degree``).
@@ -280,7 +290,8 @@ def train_two_tower(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     examples, targets, owners, positions = training_examples(
-        histories, user_item_features(embedding, text, config), item_type, num_types, config, rng, target_types)
+        histories, user_item_features(embedding, text, config), item_type, num_types, config, rng, target_types,
+        times)
     consumed = ConsumedBefore(histories, len(item_type), device) if config.exclude_consumed else None
     owners_t, positions_t = torch.from_numpy(owners).to(device), torch.from_numpy(positions).to(device)
     features = torch.from_numpy(examples)

@@ -238,3 +238,26 @@ def test_item_bias_vectors_are_unit_and_cosine_ranks_as_the_training_score():
         np.testing.assert_array_equal(torch.argsort(cosine[u], descending=True).numpy(),
                                       torch.argsort(score[u], descending=True).numpy())
 
+
+
+def test_time_weighted_examples_pick_the_item_after_the_long_gap():
+    from models.twotower import training_examples
+
+    histories = [[0, 1, 2, 3, 4, 5]]
+    times = [[0.0, 1.0, 2.0, 10_000.0, 10_001.0, 10_002.0]]  # item 3 comes after the one long gap
+    embedding = np.eye(6, dtype=np.float32)
+    item_type = np.zeros(6, dtype=np.int64)
+    picked, plain = [], []
+    for seed in range(30):
+        weighted = TwoTowerConfig(examples_per_user=1, time_weighted=True)
+        _, targets, owners, positions = training_examples(histories, embedding, item_type, 1, weighted,
+                                                          np.random.default_rng(seed), times=times)
+        assert owners.tolist() == [0] and targets.tolist() == [histories[0][positions[0]]]
+        picked.append(int(targets[0]))
+        _, targets, _, _ = training_examples(histories, embedding, item_type, 1,
+                                             TwoTowerConfig(examples_per_user=1, time_weighted=False),
+                                             np.random.default_rng(seed),
+                                             times=times)
+        plain.append(int(targets[0]))
+    assert picked.count(3) >= 29
+    assert plain.count(3) < 15  # without the weighting, positions are uniform
