@@ -39,11 +39,15 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-no_item_degree": ({}, {"item_degree": False}),
     "2t_hgnn-no_type_softmax": ({}, {"type_softmax": False}),
     "2t_hgnn-no_uniform_negatives": ({}, {"uniform_negatives": 0}),
+    "2t_hgnn-no_item_bias": ({}, {"item_bias": False}),
+    "2t_hgnn-no_exclude_consumed": ({}, {"exclude_consumed": False}),
+    "2t_hgnn-no_time_weighted": ({}, {"time_weighted": False}),
     "2t_hgnn-no_in_batch": ({"in_batch": False}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-all_off": ({"in_batch": False, "text_skip": False},
                         {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False,
-                         "uniform_negatives": 0}),
+                         "uniform_negatives": 0, "item_bias": False, "exclude_consumed": False,
+                         "time_weighted": False}),
 }
 """Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), or one more on (``+``): HGNN config
 changes, two-tower config changes."""

@@ -6,11 +6,14 @@ that type, the features of the user's last item (any type: the tower is not blin
 (HGNN, or text for the no-GNN ablation) beside its text embedding, so the graph adds to the text instead of
 replacing it. Item tower: the item's embedding, its text embedding, a one-hot of its type and its popularity
 in the co-interaction graph (:math:`\\log(1 + \\text{weighted degree})/10`), through an MLP: popularity lives
-inside the dot product, so retrieval stays one cosine query. Both L2-normalised into one space. Trained on
-(history -> next item) pairs with in-batch negatives and
-the logQ correction for item frequency (Yi et al., 2019):
+inside the dot product, so retrieval stays one cosine query. With ``item_bias`` the score is
+:math:`s(u, i) = \\langle u, v_i\\rangle + \\gamma_u b_i` (unit directions, an item bias, the user's weight for it),
+packed into unit vectors of one space (:meth:`TwoTower.items`); without it both towers are L2-normalised. Trained
+on (history -> next item) pairs, each softmax over the in-batch and uniformly drawn items of the target's type,
+minus (``exclude_consumed``) what the user had already consumed, as evaluation and serving rank only unconsumed
+items, with the logQ correction for the candidates' sampling probability (Yi et al., 2019):
 
-.. math:: \\ell = -\\log \\frac{e^{s(u, i)/\\tau - \\log q_i}}{\\sum_{j \\in B} e^{s(u, j)/\\tau - \\log q_j}}
+.. math:: \\ell = -\\log \\frac{e^{s(u, i)/\\tau - \\log q_i}}{\\sum_{j \\in C} e^{s(u, j)/\\tau - \\log q_j}}
 """
 
 from __future__ import annotations
@@ -55,6 +58,18 @@ class TwoTowerConfig:
     uniform_negatives: int = 512
     """Per step and item type, items drawn uniformly beside the in-batch negatives (mixed negative sampling,
     Yang et al. 2020): in-batch negatives are drawn by popularity, so alone they teach little about the tail."""
+    item_bias: bool = True
+    """An item bias and each user's weight for it, as two coordinates of the one vector space: the score is
+    :math:`\\langle u, v\\rangle + \\gamma_u b_i` with unit :math:`u, v`, so a tower can say "popular" without
+    spending directions of the space on it, and retrieval stays one cosine query (:meth:`TwoTower.items`)."""
+    exclude_consumed: bool = True
+    """Drop from each example's softmax the items its user consumed before it, as evaluation and serving rank
+    only unconsumed items: otherwise the towers spend capacity pushing down what a user has already seen,
+    popular items first."""
+    time_weighted: bool = True
+    """Pick each user's example positions with probability proportional to the time since the previous event
+    (a cut uniform in time, not in the sequence): the next item after a gap, as a
+    served user's next item comes after the last one, not within a rating session."""
     seed: int = 0
 
 
@@ -77,32 +92,67 @@ class TwoTower(nn.Module):
     """
 
     def __init__(self, embed_dim: int, text_dim: int, num_types: int, hidden: int, dim: int,
-                 user_text: bool = False, last_item: bool = False, item_degree: bool = False) -> None:
+                 user_text: bool = False, last_item: bool = False, item_degree: bool = False,
+                 item_bias: bool = False) -> None:
         super().__init__()
+        if item_bias and dim < 3:
+            raise ValueError(f"dim={dim}: an item bias needs at least 3 dimensions (2 hold the bias)")
         self.num_types = num_types
         self.item_degree = item_degree
+        self.item_bias = item_bias
+        self.dim = dim
         per_item = embed_dim + (text_dim if user_text else 0)
-        self.user_tower = _mlp(num_types * (per_item + 1) + (per_item if last_item else 0), hidden, dim)
-        self.item_tower = _mlp(embed_dim + text_dim + num_types + int(item_degree), hidden, dim)
+        # with the bias, each tower gives dim - 2 directions and one scalar (the bias, the user's weight for it)
+        out = dim - 1 if item_bias else dim
+        self.user_tower = _mlp(num_types * (per_item + 1) + (per_item if last_item else 0), hidden, out)
+        self.item_tower = _mlp(embed_dim + text_dim + num_types + int(item_degree), hidden, out)
 
     @classmethod
     def for_config(cls, embed_dim: int, text_dim: int, num_types: int, config: TwoTowerConfig) -> TwoTower:
         """The model that ``config`` describes."""
         return cls(embed_dim, text_dim, num_types, config.hidden, config.dim, config.user_text, config.last_item,
-                   config.item_degree)
+                   config.item_degree, config.item_bias)
+
+    def user_scores_vectors(self, features: Tensor) -> Tensor:
+        """User features -> ``(B, dim)`` vectors whose dot product with :meth:`items` is the training score
+        divided by :attr:`scale`: a unit direction, then with the item bias the user's weight for it and a 0."""
+        out = self.user_tower(features)
+        if not self.item_bias:
+            return nn.functional.normalize(out, dim=-1)
+        direction = nn.functional.normalize(out[:, :-1], dim=-1)
+        return torch.cat([direction, out[:, -1:], torch.zeros_like(out[:, -1:])], -1)
+
+    @property
+    def scale(self) -> float:
+        """Training score = ``scale * <user_scores_vectors, items>``: with the bias the item vectors are
+        divided by sqrt(2) to stay unit vectors."""
+        return float(np.sqrt(2.0)) if self.item_bias else 1.0
 
     def users(self, features: Tensor) -> Tensor:
-        """User features (:func:`~models.features.user_tower_features`) -> ``(B, dim)`` unit vectors."""
-        return nn.functional.normalize(self.user_tower(features), dim=-1)
+        """User features (:func:`~models.features.user_tower_features`) -> ``(B, dim)`` unit vectors: a user's
+        ranking by cosine with :meth:`items` is its ranking by the training score."""
+        return nn.functional.normalize(self.user_scores_vectors(features), dim=-1)
 
     def items(self, embedding: Tensor, text: Tensor, item_type: Tensor, degree: Tensor | None = None) -> Tensor:
-        """``(N, E)``, ``(N, X)``, ``(N,)``, weighted degree ``(N,)`` -> ``(N, dim)`` unit vectors."""
+        """``(N, E)``, ``(N, X)``, ``(N,)``, weighted degree ``(N,)`` -> ``(N, dim)`` unit vectors.
+
+        With the item bias :math:`b_i = \\tanh(\\cdot) \\in (-1, 1)`, an item is
+        :math:`[v_i, b_i, \\sqrt{1 - b_i^2}] / \\sqrt{2}` (unit norm, so a cosine store ranks as the dot product
+        does) and a user :math:`[u, \\gamma_u, 0]`, whose dot product is :math:`(\\langle u, v_i\\rangle +
+        \\gamma_u b_i) / \\sqrt{2}`.
+        """
         parts = [embedding, text, nn.functional.one_hot(item_type, self.num_types).float()]
         if self.item_degree:
             if degree is None:
                 raise ValueError("this model's item tower reads the items' graph degree; pass degree")
             parts.append(torch.log1p(degree.float())[:, None] / 10.0)
-        return nn.functional.normalize(self.item_tower(torch.cat(parts, -1)), dim=-1)
+        out = self.item_tower(torch.cat(parts, -1))
+        if not self.item_bias:
+            return nn.functional.normalize(out, dim=-1)
+        direction = nn.functional.normalize(out[:, :-1], dim=-1)
+        bias = torch.tanh(out[:, -1:])
+        rest = torch.sqrt(torch.clamp(1.0 - bias * bias, min=0.0))
+        return torch.cat([direction, bias, rest], -1) / float(np.sqrt(2.0))
 
 
 def user_item_features(embedding: np.ndarray, text: np.ndarray, config: TwoTowerConfig) -> np.ndarray:
@@ -114,25 +164,75 @@ def user_item_features(embedding: np.ndarray, text: np.ndarray, config: TwoTower
 
 def training_examples(histories: Histories, per_item: np.ndarray, item_type: np.ndarray, config: TwoTowerConfig,
                       rng: np.random.Generator, target_types: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(user-tower features, next item) pairs: up to ``examples_per_user`` random positions ``k`` of each user's
-    sequence, optionally only those whose next item has a type in ``target_types``; the features are those of the
-    user's stream state after the events before ``k`` (:func:`~models.features.user_tower_features`)."""
+    sequence (drawn in proportion to the time since the previous event when ``time_weighted``), optionally only
+    those whose next item has a type in ``target_types``; the features are those of the user's stream state after
+    the events before ``k`` (:func:`~models.features.user_tower_features`).
+
+    Returns:
+        Features, targets, and each example's user (index into ``histories``) and position in its sequence.
+    """
     features: list[np.ndarray] = []
     targets: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    where: list[np.ndarray] = []
     rows = histories.rows
     for user, sequence in enumerate(histories.items):
         positions = np.arange(1, len(sequence))
         if target_types is not None and len(positions):
             positions = positions[np.isin(item_type[sequence[positions]], target_types)]
         if len(positions) > config.examples_per_user:
-            positions = np.sort(rng.choice(positions, config.examples_per_user, replace=False))
+            weight = None
+            if config.time_weighted:
+                stamps = histories.ts[user]
+                gap = np.maximum(stamps[positions] - stamps[positions - 1], 0.0) + 1.0
+                weight = gap / gap.sum()
+            positions = np.sort(rng.choice(positions, config.examples_per_user, replace=False, p=weight))
         if len(positions):
             states = list(histories.states(user, [int(k) for k in positions]))
             features.append(user_tower_features(states, rows, item_type, histories.type_names, per_item,
                                                 config.history, config.last_item))
             targets.append(sequence[positions])
-    return np.concatenate(features), np.concatenate(targets)
+            owners.append(np.full(len(positions), user, dtype=np.int64))
+            where.append(positions.astype(np.int64))
+    return np.concatenate(features), np.concatenate(targets), np.concatenate(owners), np.concatenate(where)
+
+
+class ConsumedBefore:
+    """Whether a user had consumed an item before a position of their sequence, for a whole batch at once:
+    the batch's prefixes are scattered into a (examples x distinct candidates) mask, in time linear in the
+    prefixes' total length.
+
+    Args:
+        histories: the users' sequences (oldest first).
+        n_items: catalogue size.
+        device: where the batches live.
+    """
+
+    def __init__(self, histories: Sequence[Sequence[int] | np.ndarray], n_items: int, device: torch.device) -> None:
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        self.n_items = n_items
+        self.flat = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+                                     if len(histories) else np.zeros(0, dtype=np.int64)).to(device)
+        self.offset = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)).to(device)
+
+    def __call__(self, users: Tensor, positions: Tensor, candidates: Tensor) -> Tensor:
+        """``(B,)`` users, ``(B,)`` positions, ``(C,)`` items -> ``(B, C)``: consumed before the position."""
+        device = candidates.device
+        distinct, column = torch.unique(candidates, return_inverse=True)
+        lookup = torch.full((self.n_items,), -1, dtype=torch.long, device=device)
+        lookup[distinct] = torch.arange(len(distinct), device=device)
+        # every (example, prefix item) pair: example b owns positions offset[u_b] .. offset[u_b] + k_b - 1
+        example = torch.repeat_interleave(torch.arange(len(users), device=device), positions)
+        start = torch.cumsum(positions, 0) - positions
+        within = torch.arange(len(example), device=device) - start[example]
+        item = self.flat[self.offset[users][example] + within]
+        hit = lookup[item]
+        keep = hit >= 0
+        mask = torch.zeros((len(users), len(distinct)), dtype=torch.bool, device=device)
+        mask[example[keep], hit[keep]] = True
+        return mask[:, column]
 
 
 def train_two_tower(
@@ -154,8 +254,10 @@ def train_two_tower(
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    examples, targets = training_examples(histories, user_item_features(embedding, text, config), item_type,
-                                          config, rng, target_types)
+    examples, targets, owners, positions = training_examples(
+        histories, user_item_features(embedding, text, config), item_type, config, rng, target_types)
+    consumed = ConsumedBefore(histories.items, len(item_type), device) if config.exclude_consumed else None
+    owners_t, positions_t = torch.from_numpy(owners).to(device), torch.from_numpy(positions).to(device)
     features = torch.from_numpy(examples)
     frequency = np.bincount(targets, minlength=len(item_type)).astype(np.float64)
     # candidates come from the mixture of the batch (by target frequency q) and the uniform draw of the
@@ -178,7 +280,7 @@ def train_two_tower(
         for start in range(0, len(order), config.batch):
             idx = order[start : start + config.batch]
             items = targets_t[idx.to(device)]  # (B,)
-            u = model.users(features[idx].to(device))  # (B, D)
+            u = model.user_scores_vectors(features[idx].to(device))  # (B, D)
             v = model.items(emb_t[items], text_t[items], type_t[items], degree_t[items])  # (B, D)
             if config.uniform_negatives:  # (B + T*M,) candidates: the batch, then M uniform items per type
                 drawn = torch.cat([p[torch.randint(0, len(p), (config.uniform_negatives,), device=device)]
@@ -187,11 +289,13 @@ def train_two_tower(
                 v = torch.cat([v, model.items(emb_t[drawn], text_t[drawn], type_t[drawn], degree_t[drawn])])
             else:
                 candidates = items
-            logits = u @ v.T / config.temperature - log_q[candidates][None, :]  # (B, C)
+            logits = model.scale * (u @ v.T) / config.temperature - log_q[candidates][None, :]  # (B, C)
             same = items[:, None] == candidates[None, :]
             drop = same & ~torch.eye(len(items), len(candidates), dtype=torch.bool, device=device)
             if config.type_softmax:
                 drop |= type_t[items][:, None] != type_t[candidates][None, :]
+            if consumed is not None:
+                drop |= consumed(owners_t[idx.to(device)], positions_t[idx.to(device)], candidates)
             logits = logits.masked_fill(drop, -1e9)
             loss = nn.functional.cross_entropy(logits, torch.arange(len(items), device=device))
             optimiser.zero_grad()

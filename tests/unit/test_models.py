@@ -185,3 +185,71 @@ def test_cooc_knn_is_the_reference_formula_on_a_toy_matrix():
     # c(4, 0) = 0, c(4, 3) = 1 (u4), p(4) = 2: s(4) = 1 / sqrt(2); c(2, 0) = 1, c(2, 3) = 1, p(2) = 2
     assert cooc_scorer(split)(["q"], candidates)[0] == pytest.approx(
         [1 / np.sqrt(3), 3 / np.sqrt(3), 2 / np.sqrt(2), 1 / np.sqrt(3), 1 / np.sqrt(2)])
+
+
+def test_consumed_before_marks_only_items_seen_before_the_position():
+    from models.twotower import ConsumedBefore
+
+    histories = [[3, 1, 4], [2, 0]]
+    consumed = ConsumedBefore(histories, 5, torch.device("cpu"))
+    users = torch.tensor([0, 0, 1, 1])
+    positions = torch.tensor([0, 2, 1, 2])
+    mask = consumed(users, positions, torch.arange(5)).numpy()
+    expected = np.zeros((4, 5), dtype=bool)
+    expected[1, [3, 1]] = True  # user 0 before position 2: items 3 and 1, not 4
+    expected[2, 2] = True
+    expected[3, [2, 0]] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_item_bias_vectors_are_unit_and_cosine_ranks_as_the_training_score():
+    from models.twotower import TwoTower
+
+    torch.manual_seed(0)
+    model = TwoTower(8, 8, 2, 16, 10, last_item=True, item_degree=True, item_bias=True)
+    with torch.no_grad():  # a large bias weight, so that the bias decides much of the ranking
+        model.user_tower[2].bias[-1] = 3.0
+    n = 50
+    items = model.items(torch.randn(n, 8), torch.randn(n, 8), torch.arange(n) % 2, torch.rand(n) * 100)
+    features = torch.randn(6, 2 * 9 + 8)
+    raw = model.user_scores_vectors(features)
+    users = model.users(features)
+    assert items.shape == (n, 10) and users.shape == (6, 10)
+    np.testing.assert_allclose(items.norm(dim=-1).detach().numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(users.norm(dim=-1).detach().numpy(), 1.0, atol=1e-5)
+    # the training score: <u, v> + gamma * b over the unit directions u, v, the bias b and the user's weight
+    direction, bias = items[:, :8] * np.sqrt(2), items[:, 8] * np.sqrt(2)
+    score = raw[:, :8] @ direction.T + raw[:, 8:9] * bias[None, :]
+    np.testing.assert_allclose(direction.norm(dim=-1).detach().numpy(), 1.0, atol=1e-5)
+    assert bias.abs().max() < 1 and bias.std() > 0.01
+    np.testing.assert_allclose((model.scale * raw @ items.T).detach().numpy(), score.detach().numpy(), atol=1e-5)
+    cosine = users @ items.T
+    for u in range(6):
+        np.testing.assert_array_equal(torch.argsort(cosine[u], descending=True).numpy(),
+                                      torch.argsort(score[u], descending=True).numpy())
+
+
+
+def test_time_weighted_examples_pick_the_item_after_the_long_gap():
+    from models.features import Histories
+    from models.graph import GraphConfig
+    from models.twotower import training_examples
+
+    times = [0.0, 1.0, 2.0, 10_000.0, 10_001.0, 10_002.0]  # item 3 comes after the one long gap
+    histories = Histories.of_events([("u", row, ts) for row, ts in enumerate(times)], [f"i{n}" for n in range(6)],
+                                    np.zeros(6, dtype=np.int64), ["t"], GraphConfig())
+    per_item = np.eye(6, dtype=np.float32)
+    item_type = np.zeros(6, dtype=np.int64)
+    picked, plain = [], []
+    for seed in range(30):
+        weighted = TwoTowerConfig(examples_per_user=1, time_weighted=True)
+        _, targets, owners, positions = training_examples(histories, per_item, item_type, weighted,
+                                                          np.random.default_rng(seed))
+        assert owners.tolist() == [0] and targets.tolist() == [positions[0]]  # row n is the n-th event
+        picked.append(int(targets[0]))
+        _, targets, _, _ = training_examples(histories, per_item, item_type,
+                                             TwoTowerConfig(examples_per_user=1, time_weighted=False),
+                                             np.random.default_rng(seed))
+        plain.append(int(targets[0]))
+    assert picked.count(3) >= 29
+    assert plain.count(3) < 15  # without the weighting, positions are uniform
