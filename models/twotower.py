@@ -296,6 +296,8 @@ def train_two_tower(
                 drop |= type_t[items][:, None] != type_t[candidates][None, :]
             if consumed is not None:
                 drop |= consumed(owners_t[idx.to(device)], positions_t[idx.to(device)], candidates)
+                # a repeat play's target was consumed before it: its own logit must stay (else the loss is ~1e9)
+                drop &= ~torch.eye(len(items), len(candidates), dtype=torch.bool, device=device)
             logits = logits.masked_fill(drop, -1e9)
             loss = nn.functional.cross_entropy(logits, torch.arange(len(items), device=device))
             optimiser.zero_grad()
