@@ -5,8 +5,8 @@
 Events are packed by partition (200 per message, as producers send them) and folded in micro-batches of 20
 messages with :func:`streams.agents.fold_events`, user entries encoded and decoded as the table does; the pairs
 they produce are packed and merged with :func:`streams.agents.fold_pairs` in batches of 50 messages, item entries
-encoded and decoded likewise. Prints events/s and pairs/s of each stage and writes
-``bench/results/agents-<dataset>.json``.
+encoded and decoded likewise; garbage collection tuned as in the stream worker. Prints events/s and pairs/s of
+each stage and writes ``bench/results/agents-<dataset>.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from streams.agents import (  # noqa: E402
     partition_for,
 )
 from workers.kafka_io import dataset_events  # noqa: E402
+from workers.services import tune_gc  # noqa: E402
 
 
 def main() -> None:
@@ -51,6 +52,7 @@ def main() -> None:
     messages = [(json.dumps(rows[s : s + 200]).encode(), p, n) for p, rows in by_partition.items()
                 for n, s in enumerate(range(0, len(rows), 200))]
     config = StreamConfig(partitions=args.partitions)
+    tune_gc()  # as the stream worker does
     users: dict[str, bytes] = {}
     items: dict[str, bytes] = {}
     pair_messages: list[tuple[bytes, int, int]] = []
