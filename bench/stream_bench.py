@@ -170,9 +170,9 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
             "events_per_worker_cpu_s": round(seen / cpu),
         }
         if check:
-            started = time.monotonic()
+            check_started = time.monotonic()
             result["state_check"] = check_state(settings, events)
-            result["state_check"]["check_s"] = round(time.monotonic() - started, 1)
+            result["state_check"]["check_s"] = round(time.monotonic() - check_started, 1)
         return result
     finally:
         if worker is not None:

@@ -164,15 +164,14 @@ def merge_neighbours(adjacency: Adjacency, flat: Sequence[Any], max_degree: int,
 def _prune(adjacency: Adjacency, max_degree: int) -> None:
     """Keep the ``max_degree`` neighbours with the highest ``(weight, last_ts, item_id)``, heaviest first.
 
-    Built from C-level iterators (``map``/``zip``/``itemgetter``): a prune ranks ``2 * max_degree`` rows and the
-    edges agent prunes tens of thousands of times per minute.
+    The ranking keys are built with C-level iterators (``map``/``zip``/``itemgetter``): a prune ranks
+    ``2 * max_degree`` rows and the edges agent prunes tens of thousands of times per minute.
     """
     rows = adjacency.values()
     ranked = sorted(zip(map(_SECOND, rows), map(_THIRD, rows), adjacency, strict=True), reverse=True)  # weight, ts
-    kept = list(map(_THIRD, ranked[:max_degree]))
-    values = itemgetter(*kept)(adjacency) if len(kept) > 1 else (adjacency[kept[0]],)
+    kept = [(dst, adjacency[dst]) for _, _, dst in ranked[:max_degree]]
     adjacency.clear()
-    adjacency.update(zip(kept, values, strict=True))
+    adjacency.update(kept)
 
 
 @dataclass
@@ -190,7 +189,7 @@ class CoGraph:
         _, pairs = apply_consumption(state, event_id, item_id, item_type, ts, self.config)
         self.item_types.setdefault(item_id, item_type)
         for src, _, dst, dst_type, pair_ts in pairs:
-            merge_neighbours(self.adjacency.setdefault(src, {}), (dst, dst_type, pair_ts), self.config.max_degree)
+            merge_neighbour(self.adjacency.setdefault(src, {}), dst, dst_type, pair_ts, self.config.max_degree)
         return pairs
 
     def edges(self) -> Iterator[tuple[str, str, int]]:
