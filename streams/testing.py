@@ -18,10 +18,11 @@ worker that takes the partitions over elsewhere restores them. So a test reads a
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from models.graph import Adjacency, UserState
 from streams.agents import (
@@ -38,6 +39,10 @@ from streams.agents import (
     pack_pairs,
     partition_for,
 )
+from streams.records import CatalogItem
+
+if TYPE_CHECKING:
+    from models.synthetic import SyntheticData
 
 Crash = Literal["before_state", "before_changelog", "before_commit"] | None
 
@@ -152,6 +157,34 @@ class LogHarness:
         """The adjacency that folding each pairs partition once, in its order, gives (see
         :func:`streams.agents.fold_pairs_log`)."""
         return fold_pairs_log(self.pairs.items(), self.config.graph.max_degree)
+
+
+def refresh_records(data: SyntheticData, config: StreamConfig, topic: Callable[[str], str], seed: int,
+                    late_every: int) -> list[tuple[str, bytes, int, int]]:
+    """The catalogue and the refresh requests that the agents publish for a generated stream (folded by a
+    :class:`LogHarness`, one message per micro-batch), as ``(topic, value, partition, offset)`` records for the
+    refresher: the updates in a seeded shuffle, and every ``late_every``-th catalogue record after them (texts
+    that arrive after the edges and users that name their items).
+
+    Args:
+        data: the generated catalogue and events.
+        config: the agents' configuration (partitions, degree cap).
+        topic: the full name of one of the project's topics (``KafkaSettings.topic``).
+        seed: the shuffle's seed.
+        late_every: which catalogue records come last.
+    """
+    types = {i.item_id: i.item_type for i in data.items}
+    harness = LogHarness(config)
+    harness.produce((f"e{n}", e.user_id, e.item_id, types[e.item_id], e.ts) for n, e in enumerate(data.events))
+    harness.drain(max_messages=1)
+    catalog = [(topic("catalog"), CatalogItem(item_id=i.item_id, item_type=i.item_type, title=i.title,
+                                              description=i.text).dumps(), 0, n)
+               for n, i in enumerate(data.items)]
+    updates = [(topic("user-updates"), v, 0, n) for n, v in enumerate(harness.user_updates)]
+    updates += [(topic("item-updates"), v, 0, n) for n, v in enumerate(harness.item_updates)]
+    random.Random(seed).shuffle(updates)
+    late = catalog[::late_every]
+    return [r for r in catalog if r not in late] + updates + late
 
 
 def hostile_messages(n: int, seed: int = 0, huge: int = 4) -> list[tuple[str, bytes | None]]:

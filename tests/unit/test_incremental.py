@@ -22,8 +22,7 @@ from models.train import TrainConfig
 from models.twotower import TwoTowerConfig, user_vectors
 from monitoring.metrics import RefresherMetrics
 from streams.agents import StreamConfig
-from streams.records import CatalogItem
-from streams.testing import LogHarness
+from streams.testing import refresh_records
 from vectorstore.server import ServerStore
 from workers.refresher import Changes, Refresher, collect
 from workers.settings import KafkaSettings, RefresherSettings
@@ -48,19 +47,7 @@ def _records(seed: int = 4):
     """A different generated stream than the training data, through the agents on two partitions (so pruned
     adjacencies change under the refresher), the catalogue partly before and partly after the updates."""
     data = generate(users=70, items_per_type=40, events_per_user=18, seed=seed)
-    rows = [(f"e{n}", e.user_id, e.item_id, e.item_id[0] == "p" and "podcast" or "audiobook", e.ts)
-            for n, e in enumerate(data.events)]
-    harness = LogHarness(StreamConfig(partitions=2, graph=GRAPH))
-    harness.produce(rows)
-    harness.drain(max_messages=1)
-    catalog = [(KAFKA.topic("catalog"), CatalogItem(item_id=i.item_id, item_type=i.item_type, title=i.title,
-                                                    description=i.text).dumps(), 0, n)
-               for n, i in enumerate(data.items)]
-    updates = [(KAFKA.topic("user-updates"), v, 0, n) for n, v in enumerate(harness.user_updates)]
-    updates += [(KAFKA.topic("item-updates"), v, 0, n) for n, v in enumerate(harness.item_updates)]
-    random.Random(seed).shuffle(updates)
-    late = catalog[::5]
-    return [r for r in catalog if r not in late] + updates + late
+    return refresh_records(data, StreamConfig(partitions=2, graph=GRAPH), KAFKA.topic, seed, late_every=5)
 
 
 def _full(model: TrainedModel, graph: LiveGraph) -> tuple[np.ndarray, np.ndarray]:

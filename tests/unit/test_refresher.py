@@ -15,7 +15,7 @@ from models.text import HashingEncoder
 from monitoring.metrics import RefresherMetrics
 from streams.agents import StreamConfig
 from streams.records import CatalogItem
-from streams.testing import LogHarness
+from streams.testing import refresh_records
 from vectorstore.server import ServerStore
 from workers.refresher import Changes, Refresher, collect
 from workers.settings import KafkaSettings, RefresherSettings
@@ -28,20 +28,9 @@ def _records(seed: int = 3):
     """A catalogue and the refresh requests that the stream agents publish for a generated stream, as
     ``(topic, value, partition, offset)`` records in a plausible interleaving."""
     data = generate(users=40, items_per_type=25, events_per_user=15, seed=seed)
-    types = {i.item_id: i.item_type for i in data.items}
-    rows = [(f"e{n}", e.user_id, e.item_id, types[e.item_id], e.ts) for n, e in enumerate(data.events)]
-    harness = LogHarness(StreamConfig(partitions=2, graph=GraphConfig(max_degree=8)))
-    harness.produce(rows)
-    harness.drain(max_messages=1)
-    catalog = [(KAFKA.topic("catalog"), CatalogItem(item_id=i.item_id, item_type=i.item_type, title=i.title,
-                                                    description=i.text).dumps(), 0, n)
-               for n, i in enumerate(data.items)]
-    updates = [(KAFKA.topic("user-updates"), v, 0, n) for n, v in enumerate(harness.user_updates)]
-    updates += [(KAFKA.topic("item-updates"), v, 0, n) for n, v in enumerate(harness.item_updates)]
-    random.Random(seed).shuffle(updates)
-    late_catalog = catalog[::7]  # some texts arrive after the items' edges and users: their followers must follow
-    early = [r for r in catalog if r not in late_catalog]
-    return early + updates + late_catalog
+    # some texts arrive after the items' edges and users: their followers must follow
+    config = StreamConfig(partitions=2, graph=GraphConfig(max_degree=8))
+    return refresh_records(data, config, KAFKA.topic, seed, late_every=7)
 
 
 def _refresher(model=None, store=None, per_batch: int = 50):
