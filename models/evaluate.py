@@ -172,30 +172,47 @@ def ranks_of_targets(
     return ranks, tops
 
 
-def evaluate_scorer(split: Split, model: str, scorer: Scorer, type_name: str, batch: int = 512) -> Result:
-    """Run one scorer on one item type's test users."""
+def rank_users(split: Split, scorer: Scorer, type_name: str, pairs: list[tuple[str, int]], batch: int = 512
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Rank each ``(user, target item index)`` pair's target among the items of ``type_name``, what the user
+    consumed in training excluded; returns the ranks (0 = first) and each user's top 100 as columns of
+    ``split.items_of(type_name)`` (-1 past the candidates)."""
     candidates = split.items_of(type_name)
     column = {item: c for c, item in enumerate(candidates)}
-    pairs = [(u, column[t]) for u, t in split.targets[type_name] if u in split.histories]
-    ranks_all, seen = [], set()
+    ranks_all, tops_all = [], []
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
         users = [u for u, _ in chunk]
         scores = scorer(users, candidates)
-        exclude = [np.array([column[i] for i in set(split.histories[u]) if i in column], dtype=np.int64)
+        exclude = [np.array([column[i] for i in set(split.histories.get(u, ())) if i in column], dtype=np.int64)
                    for u in users]
-        ranks, tops = ranks_of_targets(scores, np.array([t for _, t in chunk]), exclude,
+        ranks, tops = ranks_of_targets(scores, np.array([column[t] for _, t in chunk]), exclude,
                                        split.popularity[candidates])
         ranks_all.append(ranks)
-        seen.update(tops[tops >= 0].ravel().tolist())
-    ranks = np.concatenate(ranks_all) if ranks_all else np.zeros(0, dtype=np.int64)
+        tops_all.append(tops)
+    width = min(K_LIST, len(candidates))
+    return (np.concatenate(ranks_all) if ranks_all else np.zeros(0, dtype=np.int64),
+            np.concatenate(tops_all) if tops_all else np.zeros((0, width), dtype=np.int64))
+
+
+def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """HR@10, MRR (over the top 100) and NDCG@10 of the targets' 0-based ranks (0 when there are none)."""
     n = max(len(ranks), 1)
+    return {"hr10": float((ranks < K_HIT).sum() / n),
+            "mrr": float(np.where(ranks < K_LIST, 1.0 / (ranks + 1), 0.0).sum() / n),
+            "ndcg10": float(np.where(ranks < K_HIT, 1.0 / np.log2(ranks + 2), 0.0).sum() / n)}
+
+
+def evaluate_scorer(split: Split, model: str, scorer: Scorer, type_name: str, batch: int = 512) -> Result:
+    """Run one scorer on one item type's test users."""
+    candidates = split.items_of(type_name)
+    pairs = [(u, t) for u, t in split.targets[type_name] if u in split.histories]
+    ranks, tops = rank_users(split, scorer, type_name, pairs, batch)
+    metrics = rank_metrics(ranks)
     return Result(
         dataset=split.name, model=model, item_type=type_name, users=len(ranks),
-        hr10=float((ranks < K_HIT).sum() / n),
-        mrr=float(np.where(ranks < K_LIST, 1.0 / (ranks + 1), 0.0).sum() / n),
-        ndcg10=float(np.where(ranks < K_HIT, 1.0 / np.log2(ranks + 2), 0.0).sum() / n),
-        cov100=len(seen) / max(len(candidates), 1),
+        hr10=metrics["hr10"], mrr=metrics["mrr"], ndcg10=metrics["ndcg10"],
+        cov100=len(set(tops[tops >= 0].ravel().tolist())) / max(len(candidates), 1),
     )
 
 

@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
                           help="add the 2t_hgnn-no_<lever> rows: the unified model with each lever off")
     _model_options(evaluate)
 
+    online = sub.add_parser("online-eval", help="the served model evaluated online: live refresh versus frozen at the "
+                            "cut versus a periodic full recompute; writes reports/online-<dataset>.json|md")
+    online.add_argument("--data", type=Path, required=True, help="dataset folder with the global time split")
+    online.add_argument("--out", type=Path, default=Path("reports"))
+    online.add_argument("--rate", type=float, default=100.0, help="test events produced per second (default 100)")
+    online.add_argument("--limit-events", type=int, default=20_000,
+                        help="replay the first N test events (default 20000; 0: the whole test period)")
+    online.add_argument("--every", type=int, default=5_000,
+                        help="the periodic mode's full recompute period, in test events (default 5000)")
+    _model_options(online)
+
     status = sub.add_parser("status", help="the dashboard's key figures once, from the running API")
     status.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -89,6 +100,34 @@ def _train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
         towers = replace(towers, epochs=args.tt_epochs)
     return TrainConfig(graph=settings.streams.graph_config(), graph_cache=settings.var_dir / "cache", hgnn=hgnn,
                        two_tower=towers)
+
+
+def _online_eval(args: argparse.Namespace, settings: Settings, command: str) -> int:
+    import torch
+
+    from models.evaluate import Split
+    from models.serving import cached_model
+    from models.train import fingerprint
+    from workers.online import OnlineOptions, run_online_eval
+    from workers.services import build_encoder
+
+    try:
+        options = OnlineOptions(rate=args.rate, limit_events=args.limit_events or None, every=args.every)
+    except ValueError as error:
+        print(f"gfm online-eval: {error}", file=sys.stderr)
+        return 2
+    config = _train_config(args, settings)
+    torch.set_num_threads(1)
+
+    def model_dir(split: Split) -> Path:  # trained on the events before the cut, cached under var_dir/models
+        directory, trained = cached_model(split, build_encoder(settings, progress=True), config,
+                                          settings.var_dir / "models", f"{fingerprint(args.data)}-before-cut")
+        print(f"model: {directory} ({'trained' if trained else 'cached'})", flush=True)
+        return directory
+
+    path = run_online_eval(settings, args.data, options, command, args.out, model_dir)
+    print(path.with_suffix(".md").read_text())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         path = write_report(split, rows, config, command, args.out, name)
         print(path.with_suffix(".md").read_text())
         return 0
+
+    if args.command == "online-eval":
+        return _online_eval(args, settings, "gfm " + " ".join(argv if argv is not None else sys.argv[1:]))
 
     if args.command == "status":
         from monitoring.status import render_status
