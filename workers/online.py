@@ -498,7 +498,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Live: the question is asked over HTTP right before the target event is produced; every earlier event has "
         "been produced and acknowledged by the broker, and the answer is whatever the stack serves then (no wait "
         "for it to be applied). How far behind the stack was while the test period was replayed (sampled every "
-        f"{fresh.get('sample_every_s', 1)} s, {fresh['lag_samples']} samples; events: produced but not yet read by the stream worker; records: "
+        f"{fresh.get('sample_every_s', 1)} s, {fresh['lag_samples']} samples; events: produced but not yet read by "
+        "the stream worker; records: "
         "Kafka consumer lag of each group; frontier: the refresher's pending items and users):", "",
         f"- events not yet read by the stream worker: {q('events_lag')}",
         f"- stream consumer lag (events + pairs records): {q('streams_lag')}",
