@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="replay the first N test events (default 20000; 0: the whole test period)")
     online.add_argument("--every", type=int, default=5_000,
                         help="the periodic mode's full recompute period, in test events (default 5000)")
+    online.add_argument("--partitions", type=int, default=None,
+                        help="Kafka partitions of the evaluation's stack (default: the settings'); the report is "
+                             "then named online-<dataset>-partitions-<N>")
     _model_options(online)
 
     status = sub.add_parser("status", help="the dashboard's key figures once, from the running API")
@@ -112,7 +115,8 @@ def _online_eval(args: argparse.Namespace, settings: Settings, command: str) -> 
     from workers.services import build_encoder
 
     try:
-        options = OnlineOptions(rate=args.rate, limit_events=args.limit_events or None, every=args.every)
+        options = OnlineOptions(rate=args.rate, limit_events=args.limit_events or None, every=args.every,
+                                partitions=args.partitions)
     except ValueError as error:
         print(f"gfm online-eval: {error}", file=sys.stderr)
         return 2

@@ -66,12 +66,17 @@ class OnlineOptions:
         limit_events: replay only the first N test events (None: the whole test period).
         every: the periodic mode's recompute period, in test events.
         settle_timeout_s: longest wait for the stack to apply everything (the cut state, each checkpoint).
+        partitions: Kafka partitions of the stack's topics (None: the settings'). With one, the pairs topic
+            holds every co-interaction pair in event order, so the served graph is ``build_graph``'s exactly;
+            with more, each item's pairs arrive in the order of the partitions' interleaving, and the degree
+            rule's prune can keep other neighbours (see the report's parity note).
     """
 
     rate: float = 100.0
     limit_events: int | None = 20_000
     every: int = 5_000
     settle_timeout_s: float = 1800.0
+    partitions: int | None = None
 
     def __post_init__(self) -> None:
         if self.rate <= 0:
@@ -80,6 +85,8 @@ class OnlineOptions:
             raise ValueError(f"limit_events={self.limit_events}: replay at least one test event")
         if self.every < 1:
             raise ValueError(f"every={self.every}: a recompute period must be at least one event")
+        if self.partitions is not None and self.partitions < 1:
+            raise ValueError(f"partitions={self.partitions}: a topic needs at least one partition")
 
 
 @dataclass
@@ -112,12 +119,17 @@ class Run:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def stack_settings(settings: Settings, root: Path, model_dir: Path, ports: Callable[[], int]) -> Settings:
+def stack_settings(settings: Settings, root: Path, model_dir: Path, ports: Callable[[], int],
+                   partitions: int | None = None) -> Settings:
     """The settings of the evaluation's own stack: under ``root``, on free loopback ports, serving ``model_dir``,
-    with exact vector search (so that the served ranking can be compared with the evaluator's)."""
+    with exact vector search (so that the served ranking can be compared with the evaluator's), on ``partitions``
+    Kafka partitions when given."""
+    kafka = {"bootstrap": f"127.0.0.1:{ports()}", "embedded_broker": True}
+    if partitions is not None:
+        kafka["partitions"] = partitions
     return settings.model_copy(update={
         "var_dir": root,
-        "kafka": settings.kafka.model_copy(update={"bootstrap": f"127.0.0.1:{ports()}", "embedded_broker": True}),
+        "kafka": settings.kafka.model_copy(update=kafka),
         "api": settings.api.model_copy(update={"host": "127.0.0.1", "port": ports()}),
         "streams": settings.streams.model_copy(update={"metrics_port": ports(), "datadir": None}),
         "qdrant": settings.qdrant.model_copy(update={"url": None, "path": root / "qdrant", "hnsw_ef": None}),
@@ -156,7 +168,8 @@ class Pipeline:
         rows = self.lag.measure()
         refresher = self.health().get("refresher", {})
         return {
-            "events_lag": produced - stream_metric(self.stack.settings.streams.metrics_port, "gfm_stream_events_total"),
+            "events_lag": max(0.0, produced - stream_metric(self.stack.settings.streams.metrics_port,
+                                                            "gfm_stream_events_total")),
             "streams_lag": float(sum(r.lag for r in rows if r.consumer == "streams")),
             "refresher_lag": float(sum(r.lag for r in rows if r.consumer == "refresher")),
             "pending_items": float(refresher.get("pending_items", 0) or 0),
@@ -253,7 +266,8 @@ def run_online_eval(settings: Settings, data: Path, options: OnlineOptions, comm
                      first_ts=replayed[0].ts if replayed else None, last_ts=replayed[-1].ts if replayed else None)
     root = settings.var_dir / "online" / split.name
     shutil.rmtree(root, ignore_errors=True)  # a stale store would hold another run's vectors
-    stack = Stack(stack_settings(settings, root, directory, ports))
+    stack = Stack(stack_settings(settings, root, directory, ports, options.partitions))
+    run.facts["partitions"] = stack.settings.kafka.partitions
     stack.start(timeout_s=300)
     try:
         _drive(stack, data, before, replayed, targets, options, run)
@@ -421,6 +435,7 @@ def build_report(split: Split, run: Run, options: OnlineOptions, settings: Setti
     fresh_known = [a for a in live if a.written_after_last_event is not None]
     lag_keys = ("events_lag", "streams_lag", "refresher_lag", "pending_items", "pending_users")
     return {
+        "name": f"online-{split.name}" + (f"-partitions-{options.partitions}" if options.partitions else ""),
         "dataset": split.name,
         "protocol": "time-split, next-item targets (../shared/data/README.md)",
         "cut": split.cut,
@@ -450,9 +465,10 @@ def build_report(split: Split, run: Run, options: OnlineOptions, settings: Setti
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``online-<dataset>.json`` and ``.md`` under ``out_dir``; returns the JSON path."""
+    """Write ``<name>.json`` and ``.md`` under ``out_dir`` (``online-<dataset>``, with ``-partitions-<N>`` when
+    the partitions were chosen); returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"online-{report['dataset']}.json"
+    path = out_dir / f"{report['name']}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     path.with_suffix(".md").write_text(render_markdown(report))
     return path
@@ -467,7 +483,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     options, facts, timings = report["options"], report["facts"], report["timings"]
     lines = [f"# Online evaluation: {report['dataset']}", "", f"Command: `{report['command']}`", "",
              f"{report['when']}, {report['machine']}, text encoder {report['encoder']}. Protocol: "
-             f"{report['protocol']}; cut {report['cut']:.0f}.", "",
+             f"{report['protocol']}; cut {report['cut']:.0f}. Kafka partitions: {facts.get('partitions')}.", "",
              f"Replayed {facts['replayed_events']:,} of the {facts['test_events']:,} test events (the first ones, "
              f"ts {facts['first_ts']:.0f} to {facts['last_ts']:.0f}) at {options['rate']:g} events/s (achieved "
              f"{timings.get('test_rate_achieved', 0):g}); {sum(m['questions'] for m in report['modes'].values())} "
