@@ -95,3 +95,43 @@ def test_agreement_counts_identical_lists_and_common_items():
     a = {("u", "t"): ["x", "y"], ("v", "t"): ["x", "y"], ("w", "t"): ["q"]}
     b = {("u", "t"): ["x", "y"], ("v", "t"): ["y", "z"]}
     assert agreement(a, b) == {"questions": 2, "identical": 0.5, "overlap": 0.75}
+
+
+def test_options_reject_impossible_values():
+    from workers.online import OnlineOptions
+
+    for bad, field in (({"rate": 0}, "rate=0"), ({"limit_events": 0}, "limit_events=0"), ({"every": 0}, "every=0"),
+                       ({"partitions": 0}, "partitions=0")):
+        with pytest.raises(ValueError, match=field):
+            OnlineOptions(**bad)
+
+
+def test_report_scores_each_mode_beside_the_offline_answers_on_the_same_users(split, tmp_path):
+    from workers.online import Answer, OnlineOptions, Run, build_report, write_report
+    from workers.settings import Settings
+
+    targets = target_events(split, [(u, i) for u, i, ts in AFTER])
+    run = Run(targets)
+    film, show = ("a", "film"), ("b", "show")
+    run.answers["frozen"] = {film: Answer(["f3", "f2"], 1.0, 0.01, 0.5), show: Answer(["s1"], 1.0, 0.01, 0.5)}
+    run.answers["periodic"] = dict(run.answers["frozen"])
+    run.answers["live"] = {film: Answer(["f2", "f3"], 2.0, 0.01, 1.5, 0.2, True)}  # the show question failed
+    run.failures["live"] = ["b/show: 404"]
+    run.facts.update(model_dir="m", model_seconds=0.0, test_events=5, replayed_events=5, all_targets=2,
+                     first_ts=37.0, last_ts=40.0, partitions=1)
+    report = build_report(split, run, OnlineOptions(every=2), Settings(), "gfm online-eval --data toy",
+                          offline=lambda asked: {film: ["f2", "f3"], show: ["s2", "s1"]})
+    frozen = {r["item_type"]: r for r in report["modes"]["frozen"]["rows"]}
+    assert (frozen["film"]["hr10"], frozen["film"]["ndcg10"], frozen["film"]["offline_ndcg10"]) == (
+        1.0, 1.0, round(1 / np.log2(3), 4))
+    assert (frozen["show"]["hr10"], frozen["show"]["offline_hr10"]) == (0.0, 1.0)
+    live = report["modes"]["live"]
+    assert [r["item_type"] for r in live["rows"]] == ["film"] and live["failed"] == 1
+    assert live["agreement_with_offline"] == {"questions": 1, "identical": 1.0, "overlap": 1.0}
+    assert report["questions"][1] == {"user_id": "b", "item_type": "show", "item_id": "s2", "position": 4,
+                                      "rank_live": None, "rank_frozen": 10, "rank_periodic": 10, "rank_offline": 0}
+    assert report["freshness"]["user_point_written_after_last_event"] == 1.0
+    path = write_report(report, tmp_path)
+    text = path.with_suffix(".md").read_text()
+    assert path.name == "online-toy.json" and "Command: `gfm online-eval --data toy`" in text
+    assert "| frozen at the cut | show | 1 | 0.0000 | 1.0000 |" in text
