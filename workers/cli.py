@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the periodic mode's full recompute period, in test events (default 5000)")
     online.add_argument("--partitions", type=int, default=None,
                         help="Kafka partitions of the evaluation's stack (default: the settings'); the report is "
-                             "then named online-<dataset>-partitions-<N>")
+                             "then named online-<dataset>-partitions-<N>; -whole-period is added with --limit-events 0")
     _model_options(online)
 
     status = sub.add_parser("status", help="the dashboard's key figures once, from the running API")

@@ -435,7 +435,8 @@ def build_report(split: Split, run: Run, options: OnlineOptions, settings: Setti
     fresh_known = [a for a in live if a.written_after_last_event is not None]
     lag_keys = ("events_lag", "streams_lag", "refresher_lag", "pending_items", "pending_users")
     return {
-        "name": f"online-{split.name}" + (f"-partitions-{options.partitions}" if options.partitions else ""),
+        "name": f"online-{split.name}" + (f"-partitions-{options.partitions}" if options.partitions else "")
+                + ("-whole-period" if options.limit_events is None else ""),
         "dataset": split.name,
         "protocol": "time-split, next-item targets (../shared/data/README.md)",
         "cut": split.cut,
@@ -466,7 +467,8 @@ def build_report(split: Split, run: Run, options: OnlineOptions, settings: Setti
 
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write ``<name>.json`` and ``.md`` under ``out_dir`` (``online-<dataset>``, with ``-partitions-<N>`` when
-    the partitions were chosen); returns the JSON path."""
+    the partitions were chosen and ``-whole-period`` when the whole test period was replayed); returns the JSON
+    path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{report['name']}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
