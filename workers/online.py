@@ -165,11 +165,13 @@ class Pipeline:
     def position(self, produced: int) -> dict[str, float]:
         """How far behind the stack is: events not yet read by the stream worker, records not yet read per
         consumer group (from Kafka offsets), and the refresher's pending frontier."""
+        consumed = stream_metric(self.stack.settings.streams.metrics_port, "gfm_stream_events_total")
+        if consumed == 0 and produced > 0:  # stream_metric's answer when the worker's metrics did not answer
+            raise LookupError("the stream worker's metrics did not answer")
         rows = self.lag.measure()
         refresher = self.health().get("refresher", {})
         return {
-            "events_lag": max(0.0, produced - stream_metric(self.stack.settings.streams.metrics_port,
-                                                            "gfm_stream_events_total")),
+            "events_lag": max(0.0, produced - consumed),
             "streams_lag": float(sum(r.lag for r in rows if r.consumer == "streams")),
             "refresher_lag": float(sum(r.lag for r in rows if r.consumer == "refresher")),
             "pending_items": float(refresher.get("pending_items", 0) or 0),
@@ -184,7 +186,11 @@ class Pipeline:
         calm = 0
         while True:
             self.stack.check()
-            position = self.position(produced)
+            try:
+                position = self.position(produced)
+            except LookupError:
+                time.sleep(1.0)
+                continue
             first = first or position
             idle = position["events_lag"] <= 0 and all(
                 position[k] == 0 for k in ("streams_lag", "refresher_lag", "pending_items", "pending_users"))
