@@ -45,7 +45,7 @@ def test_online_eval_reports_three_modes_and_frozen_equals_the_offline_evaluator
     report = json.loads(path.read_text())
     split = load_split(data)
 
-    assert path.name == "online-data.json" and path.with_suffix(".md").read_text().startswith(
+    assert path.name == "online-data-whole-period.json" and path.with_suffix(".md").read_text().startswith(
         "# Online evaluation: data\n\nCommand: `pytest online`")
     assert trained == [True]
     assert report["facts"]["replayed_events"] == report["facts"]["test_events"] > 0
