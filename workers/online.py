@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import threading
@@ -447,7 +448,7 @@ def build_report(split: Split, run: Run, options: OnlineOptions, settings: Setti
         "protocol": "time-split, next-item targets (../shared/data/README.md)",
         "cut": split.cut,
         "command": command,
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "options": asdict(options),
         "encoder": settings.model.encoder,
