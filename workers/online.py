@@ -452,6 +452,7 @@ def build_report(split: Split, run: Run, options: OnlineOptions, settings: Setti
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "options": asdict(options),
         "encoder": settings.model.encoder,
+        "settings": {"var_dir": str(settings.var_dir), "text_cache": str(settings.model.text_cache)},
         "facts": run.facts,
         "timings": run.timings,
         "modes": modes,
@@ -491,6 +492,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The markdown view of an online report."""
     options, facts, timings = report["options"], report["facts"], report["timings"]
     lines = [f"# Online evaluation: {report['dataset']}", "", f"Command: `{report['command']}`", "",
+             f"Settings: {json.dumps(report.get('settings', {}))}.", "",
              f"{report['when']}, {report['machine']}, text encoder {report['encoder']}. Protocol: "
              f"{report['protocol']}; cut {report['cut']:.0f}. Kafka partitions: {facts.get('partitions')}.", "",
              f"Replayed {facts['replayed_events']:,} of the {facts['test_events']:,} test events (the first ones, "
