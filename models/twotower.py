@@ -328,14 +328,26 @@ def item_vectors(model: TwoTower, embedding: np.ndarray, text: np.ndarray, item_
 
 @torch.no_grad()
 def user_vectors(model: TwoTower, states: Sequence[UserState], rows: Mapping[str, int], item_type: np.ndarray,
-                 type_names: Sequence[str], embedding: np.ndarray, text: np.ndarray, config: TwoTowerConfig,
+                 type_names: Sequence[str], per_item: np.ndarray, config: TwoTowerConfig,
                  device: torch.device) -> np.ndarray:
     """User-tower vectors of stream states (:func:`~models.features.user_tower_features`): ``(U, dim)``; zero for
-    a state with no item the tower can read."""
+    a state with no item the tower can read. The one path from states to user vectors, for evaluation and for
+    the query-time composition that serving does (``models.serving.UserTower``).
+
+    Args:
+        model: the trained towers.
+        states: user states (``recent`` and ``counts`` are read).
+        rows: item id -> row of ``item_type`` and ``per_item``; items without a row are not read.
+        item_type: per row, the type index (< 0: unknown to the model, not read).
+        type_names: the model's types.
+        per_item: what the user tower reads of each item (:func:`user_item_features`).
+        config: the towers' configuration.
+        device: where the tower runs.
+    """
+    was_training = model.training
     model.eval()
-    features = user_tower_features(states, rows, item_type, type_names, user_item_features(embedding, text, config),
-                                   config.history, config.last_item)
+    features = user_tower_features(states, rows, item_type, type_names, per_item, config.history, config.last_item)
     out = model.users(torch.from_numpy(features).to(device)).cpu().numpy()
     out[~has_history(states, rows, item_type)] = 0.0
-    model.train()
+    model.train(was_training)
     return out

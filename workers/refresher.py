@@ -1,18 +1,21 @@
-"""The refresher: refresh requests in, fresh vectors out.
+"""The refresher: refresh requests in, fresh item vectors and user states out.
 
 It reads three topics in micro-batches (at most ``batch_max`` records, at most ``wait_ms`` of waiting):
 the catalogue (text to embed), item updates (an item's adjacency changed) and user updates (a user's history
-changed). It keeps a :class:`~models.embedding.LiveGraph` mirror of them and every user's latest state, asks the
-:class:`VectorModel` for the vectors of what changed, and upserts them.
+changed). It keeps a :class:`~models.embedding.LiveGraph` mirror of them, asks the :class:`VectorModel` for the
+vectors of what changed, and upserts them.
 
 **What a change refreshes.** A changed text or adjacency moves the vectors of the items that read it
-(:meth:`LiveGraph.affected`, by the model's number of hops), and a moved item vector moves the users whose recent
-history holds it. Direct changes (the items and users named by the batch's records) are refreshed in the same
-micro-batch, items first so that users see fresh item vectors. The indirect ones (the frontier: followers of a
-changed item, users of a moved item) wait in ordered pending sets and are drained at most
-``dependents_per_batch`` at a time, so that a hub's change (thousands of followers) never delays fresh events.
-Once the input is idle and the frontier empty, every stored vector is what the model computes from the final graph
-and states, whatever the batch boundaries were: a restarted refresher converges to the same vectors.
+(:meth:`LiveGraph.affected`, by the model's number of hops); each refreshed item is stored with its vector and
+what a user vector reads of it (:meth:`VectorModel.user_features`). A user update stores the user's state (recent
+items with times, counts, consumed) with no model call: user vectors are composed at query time from the state and
+the stored item inputs (``vectorstore/compose.py``), so a moved item moves no stored user vector and users never
+wait in a frontier. Direct changes (the items named by the batch's records) are refreshed in the same micro-batch.
+The indirect ones (the frontier: followers of a changed item) wait in an ordered pending set and are drained at
+most ``dependents_per_batch`` at a time, so that a hub's change (thousands of followers) never delays fresh
+events. Once the input is idle and the frontier empty, every stored item vector and input is what the model
+computes from the final graph, and every stored state the user's latest, whatever the batch boundaries were: a
+restarted refresher converges to the same store.
 
 On start it reads the three topics from the beginning: they are the mirror's changelog (compacted by key on a
 real Kafka), so a restarted refresher rebuilds the same state. Until it has read what the topics held when it
@@ -44,7 +47,6 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from models.embedding import LiveGraph, VectorModel
-from models.graph import UserState
 from models.text import TextEncoder, item_text
 from monitoring.lag import refresher_group
 from monitoring.metrics import RefresherMetrics
@@ -161,11 +163,7 @@ class Refresher:
         self.stop = stop or threading.Event()
         self.ownership = ownership or Ownership()
         self.graph = LiveGraph(text_dim=encoder.dim, vector_dim=model.dim)
-        self.users: dict[str, UserUpdate] = {}
-        self.item_users: dict[str, set[str]] = {}
-        """Per item, the users whose recent history (what their vector reads) holds it."""
         self.pending_items: dict[str, None] = {}
-        self.pending_users: dict[str, None] = {}
         self.degraded: str | None = None
         """Why the last vector store call failed, while it is being retried; None when healthy."""
         self._retry("ensure", lambda: self.store.ensure(model.dim))
@@ -175,14 +173,14 @@ class Refresher:
     @property
     def idle(self) -> bool:
         """No frontier left to drain."""
-        return not self.pending_items and not self.pending_users
+        return not self.pending_items
 
     def apply(self, changes: Changes, now: float | None = None, defer: bool = False) -> None:
         """Refresh and upsert everything ``changes`` touches, then drain part of the frontier.
 
-        With ``defer`` (a restarted refresher reading its topics' history), ``changes`` only update the graph and
-        the users, and everything they touch joins the frontier: the model computes once, when the frontier is
-        drained, instead of once per historical micro-batch.
+        User states are written at once (no model call). With ``defer`` (a restarted refresher reading its
+        topics' history), ``changes`` only update the graph, and the items they touch join the frontier: the model
+        computes once, when the frontier is drained, instead of once per historical micro-batch.
         """
         started = time.perf_counter()
         text_changed: set[str] = set()
@@ -201,28 +199,19 @@ class Refresher:
             self.pending_items[item_id] = None
         if self.ownership.replicas > 1:  # another replica's users (the loop reads only this one's partitions)
             changes.users = {k: u for k, u in changes.users.items() if self.ownership.owns(k)}
-        for update in changes.users.values():
-            self._remember(update)
-            self.pending_users.pop(update.user_id, None)
+        if changes.users:  # states only, no model call: cheap even for a restart's history
+            self._write_users(list(changes.users.values()), now)
         if defer:
             self.pending_items.update(dict.fromkeys(sorted(direct_items)))
-            self.pending_users.update(dict.fromkeys(changes.users))
             self.metrics.pending.labels("item").set(len(self.pending_items))
-            self.metrics.pending.labels("user").set(len(self.pending_users))
             return
 
         items = sorted(direct_items) + self._take(self.pending_items, self.batch.dependents_per_batch, direct_items)
         if items:
             self._refresh_items(items)
-        users = list(changes.users.values())
-        for user_id in self._take(self.pending_users, self.batch.dependents_per_batch, changes.users.keys()):
-            users.append(self.users[user_id])
-        if users:
-            self._refresh_users(users, direct=len(changes.users), now=now)
         self.metrics.batches.inc()
         self.metrics.catalog_items.set(len(self.graph))
         self.metrics.pending.labels("item").set(len(self.pending_items))
-        self.metrics.pending.labels("user").set(len(self.pending_users))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     @staticmethod
@@ -237,15 +226,6 @@ class Refresher:
         for key in taken:
             del pending[key]
         return taken
-
-    def _remember(self, update: UserUpdate) -> None:
-        old = self.users.get(update.user_id)
-        if old is not None:
-            for item_id in _history(old.state):
-                self.item_users.get(item_id, set()).discard(update.user_id)
-        for item_id in _history(update.state):
-            self.item_users.setdefault(item_id, set()).add(update.user_id)
-        self.users[update.user_id] = update
 
     def _retry(self, what: str, call: Callable[[], Any]) -> Any:
         """Run a vector store call, retrying with exponential backoff until it succeeds (or :attr:`stop`)."""
@@ -273,41 +253,33 @@ class Refresher:
         keep = np.linalg.norm(vectors, axis=1) > 0  # items with neither text nor known neighbours wait
         rows_kept = [r for r, k in zip(rows, keep, strict=True) if k]
         self.graph.set_vectors(rows_kept, vectors[keep])
+        features = self.model.user_features(rows_kept, self.graph)
         now = time.time()
         points = [
             ItemPoint(self.graph.ids[r], self.graph.types[r], self.graph.titles[r] or self.graph.ids[r], v,
-                      self.model.version, now)
-            for r, v in zip(rows_kept, vectors[keep], strict=True)
+                      self.model.version, now, None if features is None else features[k])
+            for k, (r, v) in enumerate(zip(rows_kept, vectors[keep], strict=True))
         ]
         mine = [p for p in points if self.ownership.owns(p.item_id)]  # every vector computed, own ones written
         self._retry("upsert", lambda: self.store.upsert_items(mine))
-        for point in points:  # their users read them: refresh those too (the frontier)
-            for user_id in self.item_users.get(point.item_id, ()):
-                self.pending_users[user_id] = None
         self.items_refreshed += len(mine)
         self.metrics.upserts.labels("item").inc(len(mine))
 
-    def _refresh_users(self, updates: list[UserUpdate], direct: int, now: float | None) -> None:
-        states: list[UserState] = [u.state for u in updates]
-        vectors = self.model.user_vectors(states, self.graph)
+    def _write_users(self, updates: list[UserUpdate], now: float | None) -> None:
         stamp = time.time()
+        zero = np.zeros(self.model.dim, dtype=np.float32)  # composed at query time, not stored
         points = [
-            UserPoint(u.user_id, v, self.model.version, stamp, u.event_ts, list(u.state["consumed"]),
-                      dict(u.state["counts"]))
-            for u, v in zip(updates, vectors, strict=True)
-            if np.linalg.norm(v) > 0
+            UserPoint(u.user_id, zero, self.model.version, stamp, u.event_ts, list(u.state["consumed"]),
+                      dict(u.state["counts"]), recent=u.state["recent"])
+            for u in updates
         ]
         self._retry("upsert", lambda: self.store.upsert_users(points))
         done = time.time() if now is None else now
-        for update in updates[:direct]:  # freshness is measured on the users whose events arrived
+        for update in updates:  # the next query composes from this state: the user's vector is fresh
             if update.event_ts > 0:
                 self.metrics.freshness_seconds.observe(max(0.0, done - update.event_ts))
         self.users_refreshed += len(points)
         self.metrics.upserts.labels("user").inc(len(points))
-
-
-def _history(state: UserState) -> list[str]:
-    return [item_id for rows in state["recent"].values() for item_id, _ in rows]
 
 
 class RefresherLoop:
@@ -412,7 +384,6 @@ class RefresherLoop:
                 "error": None if self.error is None else str(self.error),
                 "degraded": refresher.degraded,
                 "pending_items": len(refresher.pending_items),
-                "pending_users": len(refresher.pending_users),
                 "items_refreshed": refresher.items_refreshed,
                 "users_refreshed": refresher.users_refreshed,
             },
