@@ -10,7 +10,8 @@ vectors of what changed, and upserts them.
 what a user vector reads of it (:meth:`VectorModel.user_features`). A user update stores the user's state (recent
 items with times, counts, consumed) with no model call: user vectors are composed at query time from the state and
 the stored item inputs (``vectorstore/compose.py``), so a moved item moves no stored user vector and users never
-wait in a frontier. Direct changes (the items named by the batch's records) are refreshed in the same micro-batch.
+wait in a frontier; :class:`RefresherLoop` reads user updates in a thread of their own, so a state is written
+within a poll of its arrival, whatever an item refresh costs. Direct changes (the items named by the batch's records) are refreshed in the same micro-batch.
 The indirect ones (the frontier: followers of a changed item) wait in an ordered pending set and are drained at
 most ``dependents_per_batch`` at a time, so that a hub's change (thousands of followers) never delays fresh
 events. Once the input is idle and the frontier empty, every stored item vector and input is what the model
@@ -81,6 +82,10 @@ class Changes:
     items: dict[str, ItemUpdate] = field(default_factory=dict)
     users: dict[str, UserUpdate] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
+    origins: dict[str, float] = field(default_factory=dict)
+    """Per updated item, the earliest event time (unix seconds) behind its update, when known (the item-update
+    record's Kafka timestamp): event -> item vector latency is measured from it, for the item and the frontier
+    it reaches."""
 
 
 def collect(records: Iterable[Record], kafka: KafkaSettings) -> Changes:
@@ -163,7 +168,8 @@ class Refresher:
         self.stop = stop or threading.Event()
         self.ownership = ownership or Ownership()
         self.graph = LiveGraph(text_dim=encoder.dim, vector_dim=model.dim)
-        self.pending_items: dict[str, None] = {}
+        self.pending_items: dict[str, float] = {}
+        """The frontier, in order: per item, the earliest event time behind its pending refresh (0: unknown)."""
         self.degraded: str | None = None
         """Why the last vector store call failed, while it is being retried; None when healthy."""
         self._retry("ensure", lambda: self.store.ensure(model.dim))
@@ -195,34 +201,36 @@ class Refresher:
             self.graph.set_adjacency(update.item_id, update.item_type, update.adjacency)
             adjacency_changed.add(update.item_id)
         direct_items = text_changed | adjacency_changed
+        origin = min(changes.origins.values(), default=0.0)
         for item_id in self.graph.affected(adjacency_changed, text_changed, self.model.hops) - direct_items:
-            self.pending_items[item_id] = None
-        if self.ownership.replicas > 1:  # another replica's users (the loop reads only this one's partitions)
-            changes.users = {k: u for k, u in changes.users.items() if self.ownership.owns(k)}
-        if changes.users:  # states only, no model call: cheap even for a restart's history
-            self._write_users(list(changes.users.values()), now)
+            self.pending_items[item_id] = _earliest(self.pending_items.get(item_id, 0.0), origin)
+        self.write_users(changes, now)
         if defer:
-            self.pending_items.update(dict.fromkeys(sorted(direct_items)))
+            for item_id in sorted(direct_items):
+                self.pending_items[item_id] = _earliest(self.pending_items.get(item_id, 0.0),
+                                                        changes.origins.get(item_id, 0.0))
             self.metrics.pending.labels("item").set(len(self.pending_items))
             return
 
-        items = sorted(direct_items) + self._take(self.pending_items, self.batch.dependents_per_batch, direct_items)
+        origins = {i: _earliest(self.pending_items.get(i, 0.0), changes.origins.get(i, 0.0)) for i in direct_items}
+        origins.update(self._take(self.pending_items, self.batch.dependents_per_batch, direct_items))
+        items = sorted(direct_items) + [i for i in origins if i not in direct_items]
         if items:
-            self._refresh_items(items)
+            self._refresh_items(items, origins)
         self.metrics.batches.inc()
         self.metrics.catalog_items.set(len(self.graph))
         self.metrics.pending.labels("item").set(len(self.pending_items))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     @staticmethod
-    def _take(pending: dict[str, None], limit: int, skip: Iterable[str]) -> list[str]:
+    def _take(pending: dict[str, float], limit: int, skip: Iterable[str]) -> dict[str, float]:
         for key in skip:
             pending.pop(key, None)
-        taken: list[str] = []
-        for key in pending:
+        taken: dict[str, float] = {}
+        for key, origin in pending.items():
             if len(taken) >= limit:
                 break
-            taken.append(key)
+            taken[key] = origin
         for key in taken:
             del pending[key]
         return taken
@@ -247,7 +255,7 @@ class Refresher:
                 self.degraded = None
             return result
 
-    def _refresh_items(self, item_ids: list[str]) -> None:
+    def _refresh_items(self, item_ids: list[str], origins: dict[str, float]) -> None:
         rows = [self.graph.rows[i] for i in item_ids]
         vectors = self.model.item_vectors(rows, self.graph)
         keep = np.linalg.norm(vectors, axis=1) > 0  # items with neither text nor known neighbours wait
@@ -262,8 +270,20 @@ class Refresher:
         ]
         mine = [p for p in points if self.ownership.owns(p.item_id)]  # every vector computed, own ones written
         self._retry("upsert", lambda: self.store.upsert_items(mine))
+        done = time.time()
+        for point in mine:  # event -> item vector, for the items an event changed and the frontier it reached
+            if origins.get(point.item_id, 0.0) > 0:
+                self.metrics.item_freshness_seconds.observe(max(0.0, done - origins[point.item_id]))
         self.items_refreshed += len(mine)
         self.metrics.upserts.labels("item").inc(len(mine))
+
+    def write_users(self, changes: Changes, now: float | None = None) -> None:
+        """Store the states of ``changes.users`` (this replica's), with no model call: the next query composes
+        each user's vector from it (``RefresherLoop`` calls this from its users' thread, as updates arrive)."""
+        if self.ownership.replicas > 1:  # another replica's users (the loop reads only this one's partitions)
+            changes.users = {k: u for k, u in changes.users.items() if self.ownership.owns(k)}
+        if changes.users:
+            self._write_users(list(changes.users.values()), now)
 
     def _write_users(self, updates: list[UserUpdate], now: float | None) -> None:
         stamp = time.time()
@@ -282,8 +302,30 @@ class Refresher:
         self.metrics.upserts.labels("user").inc(len(points))
 
 
+def item_origins(polled: dict[Any, list[Any]], topic: str) -> dict[str, float]:
+    """Per item of the polled item-update records, the earliest Kafka timestamp (unix seconds): the stream sets
+    it to the earliest event time of the micro-batch that changed the item."""
+    out: dict[str, float] = {}
+    for tp, batch in polled.items():
+        if tp.topic == topic:
+            for record in batch:
+                if record.key and record.timestamp and record.timestamp > 0:
+                    key = record.key.decode("utf-8", "replace")
+                    out[key] = _earliest(out.get(key, 0.0), record.timestamp / 1000.0)
+    return out
+
+
+def _earliest(a: float, b: float) -> float:
+    """The earlier of two event times, 0 meaning unknown."""
+    return min(a, b) if a > 0 and b > 0 else max(a, b)
+
+
 class RefresherLoop:
     """Feeds a :class:`Refresher` from Kafka until stopped; run it in a thread with :meth:`start`.
+
+    Two consumers, two threads: the items' (catalogue and item updates: the model's work, up to seconds per
+    micro-batch on a dense graph) and the users' (user updates: states written as they arrive, no model call), so
+    that a user's fresh state never waits behind an item refresh.
 
     Args:
         refresher: what applies the records.
@@ -299,59 +341,92 @@ class RefresherLoop:
         self.stop_event = refresher.stop
         self.caught_up = threading.Event()
         """Set once the refresher has read everything that was in its topics when it started."""
+        self._users_caught_up = threading.Event()
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._users_thread: threading.Thread | None = None
 
-    def _consumer(self) -> tuple[KafkaConsumer, dict[TopicPartition, int]]:
+    def _consumer(self, names: tuple[str, ...]) -> tuple[KafkaConsumer, dict[TopicPartition, int]]:
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, client_id="gfm-refresher",
                                  fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
                                  # commits only so that its lag can be read from Kafka (monitoring/lag.py)
                                  group_id=refresher_group(self.kafka.topic_prefix), enable_auto_commit=True,
                                  auto_commit_interval_ms=1000)
         partitions = []
-        for name in ("catalog", "item-updates", "user-updates"):
+        for name in names:
             topic = self.kafka.topic(name)
             found = consumer.partitions_for_topic(topic) or set()
             partitions += [TopicPartition(topic, p) for p in sorted(found)
                            if name != "user-updates" or self.refresher.ownership.partition(p)]
         if not partitions:
+            consumer.close()
             raise RuntimeError("the refresher's topics do not exist yet: run `gfm up` or create them first")
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         return consumer, consumer.end_offsets(partitions)
 
+    def _collect(self, polled: dict[Any, list[Any]]) -> tuple[Changes, int]:
+        records: list[Record] = [
+            (tp.topic, r.value, tp.partition, r.offset) for tp, batch in polled.items() for r in batch
+        ]
+        changes = collect(records, self.kafka)
+        if changes.dead and self.dead_letters is not None:
+            self.dead_letters(changes.dead)
+        return changes, len(records)
+
     def run(self) -> None:
-        """Poll, collect, apply, until :attr:`stop_event` is set."""
-        consumer, targets = self._consumer()
+        """Poll, collect, apply, until :attr:`stop_event` is set: items in this thread, users in another."""
+        self._users_thread = threading.Thread(target=self._guarded, args=(self.run_users,), name="refresher-users",
+                                              daemon=True)
+        self._users_thread.start()
+        consumer, targets = self._consumer(("catalog", "item-updates"))
         settings = self.refresher.batch
         try:
             while not self.stop_event.is_set():
                 polled = consumer.poll(timeout_ms=0 if not self.refresher.idle else settings.wait_ms,
                                        max_records=settings.batch_max)
-                records: list[Record] = [
-                    (tp.topic, r.value, tp.partition, r.offset) for tp, batch in polled.items() for r in batch
-                ]
-                if records or not self.refresher.idle:
-                    changes = collect(records, self.kafka)
-                    if changes.dead and self.dead_letters is not None:
-                        self.dead_letters(changes.dead)
+                if polled or not self.refresher.idle:
+                    changes, count = self._collect(polled)
+                    changes.origins = item_origins(polled, self.kafka.topic("item-updates"))
                     # the topics' history (before caught up) only builds the state; vectors follow once
-                    self.refresher.apply(changes, defer=bool(records) and not self.caught_up.is_set())
+                    self.refresher.apply(changes, defer=bool(count) and not self.caught_up.is_set())
                 self.refresher.metrics.observe_batch(self.refresher, polled)  # monitoring only
-                if not self.caught_up.is_set() and all(
+                if not self.caught_up.is_set() and self._users_caught_up.is_set() and all(
                     consumer.position(tp) >= end for tp, end in targets.items()
                 ):
                     log.info("refresher caught up: %d items known", len(self.refresher.graph))
                     self.caught_up.set()
         finally:
             consumer.close()
+            self._users_thread.join(10)
 
-    def _run_guarded(self) -> None:
+    def run_users(self) -> None:
+        """Write the users' states as their updates arrive (no model call), until :attr:`stop_event` is set."""
+        consumer, targets = self._consumer(("user-updates",))
+        settings = self.refresher.batch
         try:
-            self.run()
-        except BaseException as error:  # surfaced through .error and /healthz
+            while not self.stop_event.is_set():
+                polled = consumer.poll(timeout_ms=settings.wait_ms, max_records=settings.batch_max)
+                if polled:
+                    changes, _ = self._collect(polled)
+                    self.refresher.write_users(changes)
+                if not self._users_caught_up.is_set() and all(
+                    consumer.position(tp) >= end for tp, end in targets.items()
+                ):
+                    self._users_caught_up.set()
+        finally:
+            consumer.close()
+
+    def _guarded(self, run: Callable[[], None]) -> None:
+        try:
+            run()
+        except BaseException as error:  # surfaced through .error and /healthz; the other thread stops too
             self.error = error
             log.exception("refresher stopped")
+            self.stop_event.set()
+
+    def _run_guarded(self) -> None:
+        self._guarded(self.run)
 
     def start(self) -> RefresherLoop:
         """Run in a daemon thread."""
@@ -367,8 +442,9 @@ class RefresherLoop:
 
     @property
     def alive(self) -> bool:
-        """Whether the loop's thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the loop's threads run."""
+        return (self._thread is not None and self._thread.is_alive() and self._users_thread is not None
+                and self._users_thread.is_alive())
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` says about the refresher: ``ok`` false when it stopped or the store is failing."""

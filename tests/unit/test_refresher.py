@@ -205,3 +205,26 @@ def test_a_failing_store_is_retried_and_reported_then_every_vector_is_current():
     expected_items, expected_users = _full_recompute(refresher.model, records)
     _assert_same(_vectors(refresher, records)[0], expected_items)
     _assert_same(_vectors(refresher, records)[1], expected_users)
+
+
+def test_event_to_item_latency_covers_the_frontier_the_event_reached():
+    """An item update carrying its event time, with a new text for the item: the item and every follower its text
+    moves (refreshed over later batches, one per batch here) are each observed once, from that event time."""
+    records = _records()
+    refresher = _refresher(per_batch=10**6)
+    _feed(refresher, records, [len(records)])
+    observed: list[float] = []
+    refresher.metrics.item_freshness_seconds = type("Recorder", (), {"observe": lambda _, v: observed.append(v)})()
+    refresher.batch = RefresherSettings(dependents_per_batch=1)
+    hub = max(refresher.graph.followers, key=lambda i: len(refresher.graph.followers[i]))
+    followers = refresher.graph.followers[hub]
+    assert len(followers) >= 3
+    changes = collect(records, KAFKA)
+    text = CatalogItem(item_id=hub, item_type=refresher.graph.types[refresher.graph.rows[hub]], title="new title",
+                       description="")
+    refresher.apply(Changes(catalog={hub: text}, items={hub: changes.items[hub]}, origins={hub: 1_000.0}))
+    assert len(observed) == 2  # the item itself and one follower (a budget of 1 per batch)
+    while not refresher.idle:
+        refresher.apply(Changes())
+    assert len(observed) == 1 + len(followers)
+    assert min(observed) > 0 and max(observed) - min(observed) < 60  # each from the event time, not from its batch
