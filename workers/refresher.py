@@ -6,17 +6,17 @@ changed). It keeps a :class:`~models.embedding.LiveGraph` mirror of them, asks t
 vectors of what changed, and upserts them.
 
 **What a change refreshes.** A changed text or adjacency moves the vectors of the items that read it
-(:meth:`LiveGraph.affected`, by the model's number of hops); each refreshed item is stored with its vector and
-what a user vector reads of it (:meth:`VectorModel.user_features`). A user update stores the user's state (recent
-items with times, counts, consumed) with no model call: user vectors are composed at query time from the state and
-the stored item inputs (``vectorstore/compose.py``), so a moved item moves no stored user vector and users never
-wait in a frontier; :class:`RefresherLoop` reads user updates in a thread of their own, so a state is written
-within a poll of its arrival, whatever an item refresh costs. Direct changes (the items named by the batch's records) are refreshed in the same micro-batch.
-The indirect ones (the frontier: followers of a changed item) wait in an ordered pending set and are drained at
-most ``dependents_per_batch`` at a time, so that a hub's change (thousands of followers) never delays fresh
-events. Once the input is idle and the frontier empty, every stored item vector and input is what the model
-computes from the final graph, and every stored state the user's latest, whatever the batch boundaries were: a
-restarted refresher converges to the same store.
+(:meth:`LiveGraph.affected`, by the model's number of hops); each refreshed item is stored with its vector and what
+a user vector reads of it (:meth:`VectorModel.user_features`). A user update stores the user's state (recent items
+with times, counts, consumed) with no model call: user vectors are composed at query time from the state and the
+stored item inputs (``vectorstore/compose.py``), so a moved item moves no stored user vector and users never wait
+in a frontier; :class:`RefresherLoop` reads user updates in a thread of their own, so a state is written within a
+poll of its arrival, whatever an item refresh costs. Direct changes (the items named by the batch's records) are
+refreshed in the same micro-batch. The indirect ones (the frontier: followers of a changed item) wait in an ordered
+pending set and are drained at most ``dependents_per_batch`` at a time, so that a hub's change (thousands of
+followers) never delays fresh events. Once the input is idle and the frontier empty, every stored item vector and
+input is what the model computes from the final graph, and every stored state the user's latest, whatever the batch
+boundaries were: a restarted refresher converges to the same store.
 
 On start it reads the three topics from the beginning: they are the mirror's changelog (compacted by key on a
 real Kafka), so a restarted refresher rebuilds the same state. Until it has read what the topics held when it
@@ -27,7 +27,7 @@ idempotent, so replaying is safe.
 **Replicas.** ``refresher.replicas`` refreshers share the work by Kafka partition (:class:`Ownership`): replica ``r``
 owns the users and items whose partition (Kafka's murmur2 partitioner, as every keyed topic routes them) is ``r``
 modulo ``replicas``. Each replica reads the whole catalogue and item-updates topics, since an item's vector reads
-its neighbours' and a user's reads any item's, but only its own partitions of user-updates, and upserts only its
+its neighbours', but only its own partitions of user-updates, and upserts only its
 own items and users; together they write what one refresher writes.
 
 **Faults.** A record that cannot be decoded goes to the dead-letter topic with its reason. A vector store
