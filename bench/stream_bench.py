@@ -9,7 +9,9 @@ trained 2T-HGNN of ``--model-dir`` (text propagation without it); the catalogue 
 a fixed rate. Timed, each from the produce time of the earliest event of a user's (or item's) stream micro-batch
 (its Kafka timestamp):
 
-* *user state written*: until the refresher has upserted the user's state that includes the event;
+* *user state written*: until the refresher has upserted the user's state that includes the event; split into
+  the stream worker's share (until the user-update request was produced: its Kafka timestamp) and the time from
+  that request's production to the refresher reading it;
 * *fresh user vector* (with ``--query-every``): until the first answer computed from that state is complete: for
   one user in ``N`` (by a hash of the id), a query thread asks, as soon as the state is written, what the API's
   recommend route computes (the stored state read, the user's vector composed from their items' stored inputs,
@@ -27,6 +29,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import statistics
 import subprocess
@@ -312,7 +315,25 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
             store.upsert_users = upsert_and_ask  # type: ignore[method-assign]
             probe.thread.start()
         refresher = Refresher(store, model, encoder_, metrics, settings.refresher)
-        loop = RefresherLoop(refresher, settings.kafka).start()
+        loop = RefresherLoop(refresher, settings.kafka)
+        stream_part: list[float] = []  # event produced -> its user-update produced (the stream worker's share)
+        polled_part: list[float] = []  # user-update produced -> read by the refresher
+        users_topic = settings.kafka.topic("user-updates")
+        collect_records = loop._collect
+
+        def timed_collect(polled: Any) -> Any:
+            now = time.time()
+            for tp, batch in polled.items():
+                if tp.topic == users_topic:
+                    for record in batch:
+                        found = re.search(rb'"event_ts":([0-9.eE+-]+)', record.value[:400])
+                        if found and float(found.group(1)) > 0:
+                            stream_part.append(record.timestamp / 1000.0 - float(found.group(1)))
+                        polled_part.append(now - record.timestamp / 1000.0)
+            return collect_records(polled)
+
+        loop._collect = timed_collect  # type: ignore[method-assign]
+        loop.start()
         started = time.monotonic()
         while len(refresher.graph) < published or not refresher.idle:
             time.sleep(0.2)
@@ -322,6 +343,8 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
         time.sleep(8)  # let the worker join its group before the clock starts
         recorder.values.clear()
         item_recorder.values.clear()
+        stream_part.clear()
+        polled_part.clear()
         batches_before = refresher.metrics.batches._value.get()
         pending: list[int] = []
         stop = threading.Event()
@@ -348,6 +371,8 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
             "encoder": encoder,
             "refresh_batches": refresher.metrics.batches._value.get() - batches_before,
             "user_state_written_s": _quantiles(recorder.values),
+            "of_which_event_to_user_update_produced_s": _quantiles(stream_part),
+            "of_which_user_update_produced_to_read_s": _quantiles(polled_part),
             "item_vectors_upserted_s": _quantiles(item_recorder.values),
             "pending_items_max": max(pending, default=0),
             "pending_items_end": len(refresher.pending_items),
