@@ -2,36 +2,45 @@
 
     flock /tmp/gfm-bench.lock python bench/compose_bench.py --model-dir var/models/<a movielens 2T-HGNN>
 
-On the embedded qdrant-edge store: ``--items`` items in the served model's types with random unit vectors and
-random user-tower features of the model's width (what the refresher stores), ``--users`` users whose states hold
+On the embedded qdrant-edge store: ``--items`` items in the served model's types with random unit vectors and random
+user-tower features of the model's width (what the refresher stores), ``--users`` users whose states hold
 ``--recent`` items per type (the stream keeps 50) and ``--consumed`` consumed items. One thread, per query, timed
 separately: reading the user (``get_user``), fetching the history items' inputs (``item_inputs``), the user tower on
-one user (the served path, torch, through ``models.twotower.user_vectors``; and a plain numpy forward of the same
-weights, to compare), the whole composition (``ComposedUsers``), and the filtered top-10 search with the consumed
-items excluded. The recommend route without composition is ``get_user`` + search; with it, ``get_user`` +
-composition + search. Writes ``bench/results/compose-<items>.json``.
-"""
+one user (the served path: ``UserTower.compose``, the tower's numpy forward; and the torch module, to compare), the
+whole composition (``ComposedUsers``), and the filtered top-10 search with the consumed items excluded. The
+recommend route without composition is ``get_user`` + search; with it, ``get_user`` + composition + search. Then
+through HTTP: the real API (``create_api``) on uvicorn on loopback in this process, twice over the same store,
+without and with composition (``users=ComposedUsers``), one client asking ``--http-requests`` filtered top-10
+recommendations of each in turn. Writes ``bench/results/compose-<items>.json``. """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
+import uvicorn
+from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.embedding import ItemInputs  # noqa: E402
-from models.features import user_tower_features  # noqa: E402
 from models.serving import UserTower  # noqa: E402
+from models.twotower import user_vectors  # noqa: E402
+from vectorstore.api import create_api  # noqa: E402
 from vectorstore.base import ItemPoint, UserPoint  # noqa: E402
 from vectorstore.compose import ComposedUsers  # noqa: E402
 from vectorstore.edge import EdgeStore  # noqa: E402
@@ -44,20 +53,49 @@ def _ms(values: list[float]) -> dict[str, float]:
             "mean_ms": round(float(seconds.mean()) * 1000, 3)}
 
 
-def numpy_tower(tower: UserTower) -> Any:
-    """The same user tower as plain numpy (for the comparison only; serving runs the torch module)."""
-    layers = [m for m in tower.towers.user_tower if isinstance(m, torch.nn.Linear)]
-    (w1, b1), (w2, b2) = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in layers]
-    bias = tower.towers.item_bias
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """``app`` on uvicorn on a free loopback port, in a thread of this process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise TimeoutError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
-    def forward(features: np.ndarray) -> np.ndarray:
-        out = np.maximum(features @ w1 + b1, 0.0) @ w2 + b2
-        if bias:
-            direction = out[:, :-1] / np.linalg.norm(out[:, :-1], axis=1, keepdims=True)
-            out = np.concatenate([direction, out[:, -1:], np.zeros_like(out[:, -1:])], 1)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
-    return forward
+def over_http(store: EdgeStore, composed: ComposedUsers, users: int, types: list[str], requests: int
+              ) -> dict[str, Any]:
+    """One client, the two APIs in turn: stored vectors (the users' stored vector is set here) and composed."""
+    apps = {"stored_vector": create_api(store, None, CollectorRegistry()),
+            "composed": create_api(store, None, CollectorRegistry(), users=composed)}
+    seconds: dict[str, list[float]] = {name: [] for name in apps}
+    pick = random.Random(2)
+    with serve(apps["stored_vector"]) as plain, serve(apps["composed"]) as composing, httpx.Client() as client:
+        for n in range(requests + 50):
+            user_id, item_type = f"u{pick.randrange(users)}", pick.choice(types)
+            for name, url in (("stored_vector", plain), ("composed", composing)):
+                started = time.perf_counter()
+                response = client.get(f"{url}/users/{user_id}/recommendations", params={"type": item_type, "k": 10})
+                took = time.perf_counter() - started
+                if response.status_code != 200 or len(response.json()["items"]) != 10:
+                    raise RuntimeError(f"{name}: {response.status_code} {response.text[:200]}")
+                if n >= 50:  # warm-up
+                    seconds[name].append(took)
+    out: dict[str, Any] = {name: _ms(values) for name, values in seconds.items()}
+    out["added_p50_ms"] = round(out["composed"]["p50_ms"] - out["stored_vector"]["p50_ms"], 3)
+    out["added_p99_ms"] = round(out["composed"]["p99_ms"] - out["stored_vector"]["p99_ms"], 3)
+    return out
 
 
 def main() -> None:
@@ -69,6 +107,7 @@ def main() -> None:
     parser.add_argument("--consumed", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--http-requests", type=int, default=1000, help="requests per API through HTTP (0: skip)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,10 +140,9 @@ def main() -> None:
             store.upsert_users(users[start : start + 100])
         store.optimize()
         composed = ComposedUsers(store, tower)
-        forward = numpy_tower(tower)
         timings: dict[str, list[float]] = {name: [] for name in (
-            "get_user", "item_inputs", "tower_torch", "tower_numpy", "compose_total", "search", "route_stored_vector",
-            "route_composed")}
+            "get_user", "item_inputs", "tower_served_numpy", "tower_torch_module", "compose_total", "search",
+            "route_stored_vector", "route_composed")}
         difference = 0.0
         pick = random.Random(1)
         for _ in range(args.queries):
@@ -120,12 +158,12 @@ def main() -> None:
             inputs = ItemInputs.of(found, width)
             started = time.perf_counter()
             vector = tower.compose([state], inputs)[0]
-            timings["tower_torch"].append(time.perf_counter() - started)
+            timings["tower_served_numpy"].append(time.perf_counter() - started)
             started = time.perf_counter()
             codes = np.array([types.index(t) for t in inputs.types])
-            row = forward(user_tower_features([state], inputs.rows, codes, types, inputs.matrix, tower.config.history,
-                                              tower.config.last_item))[0]
-            timings["tower_numpy"].append(time.perf_counter() - started)
+            row = user_vectors(tower.towers, [state], inputs.rows, codes, types, inputs.matrix, tower.config,
+                               tower.device)[0]
+            timings["tower_torch_module"].append(time.perf_counter() - started)
             difference = max(difference, float(np.abs(row - vector).max()))
             started = time.perf_counter()
             user = composed(user)
@@ -141,17 +179,22 @@ def main() -> None:
             user = composed(store.get_user(user_id))  # type: ignore[arg-type]
             store.search(user.vector, 10, item_type=item_type, exclude_points=user.excluded_points())
             timings["route_composed"].append(time.perf_counter() - started)
+        http = None
+        if args.http_requests:  # give the users their composed vector as their stored one: same answers both ways
+            store.upsert_users([composed(u) for u in users])
+            http = over_http(store, composed, args.users, types, args.http_requests)
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report = {
         "command": " ".join(sys.argv), "model": tower.version, "types": types, "feature_width": width,
         "items": args.items, "users": args.users, "recent_per_type": args.recent, "consumed": args.consumed,
-        "torch_threads": args.threads, "numpy_vs_torch_max_abs_difference": difference,
+        "torch_threads": args.threads, "served_numpy_vs_torch_max_abs_difference": difference,
         **{name: _ms(values) for name, values in timings.items()},
     }
     report["added_by_composition_p50_ms"] = round(report["route_composed"]["p50_ms"]
                                                   - report["route_stored_vector"]["p50_ms"], 3)
+    report["http_one_client"] = http
     out = args.out or Path(__file__).parent / "results" / f"compose-{args.items}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

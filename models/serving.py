@@ -29,7 +29,14 @@ from models.hgnn import HGNN, HGNNConfig, embed, train_hgnn
 from models.incremental import IncrementalHGNN
 from models.text import TextEncoder
 from models.train import TrainConfig, graph_of, histories_list, peak_rss_mib, pick_device, text_embeddings
-from models.twotower import TwoTower, TwoTowerConfig, train_two_tower, user_item_features, user_vectors
+from models.twotower import (
+    NumpyUserTower,
+    TwoTower,
+    TwoTowerConfig,
+    train_two_tower,
+    user_item_features,
+    user_vectors,
+)
 
 
 def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, out_root: Path,
@@ -96,7 +103,8 @@ def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: 
 class UserTower:
     """The trained user tower as a :class:`~models.embedding.UserComposer`: a user's vector from their state and
     their history items' user-tower features (:func:`~models.twotower.user_item_features`), through
-    :func:`~models.twotower.user_vectors`, the function evaluation uses.
+    :func:`~models.twotower.user_vectors`, the function evaluation uses, with the tower's numpy forward
+    (:class:`~models.twotower.NumpyUserTower`: one user per request, on the API's event loop).
 
     Args:
         towers: the trained two-tower model (only its user tower runs).
@@ -117,6 +125,7 @@ class UserTower:
         self.device = device
         self.dim = config.dim
         self._codes = {name: k for k, name in enumerate(type_names)}
+        self._forward = NumpyUserTower(towers)
 
     @classmethod
     def load(cls, directory: Path, device: torch.device | None = None) -> UserTower:
@@ -143,7 +152,7 @@ class UserTower:
             return np.zeros((len(states), self.dim), dtype=np.float32)
         codes = np.fromiter((self._codes.get(t, -1) for t in items.types), dtype=np.int64, count=len(items.types))
         return user_vectors(self.towers, states, items.rows, codes, self.type_names, items.matrix, self.config,
-                            self.device)
+                            self.device, forward=self._forward)
 
 
 class TrainedModel:
