@@ -98,6 +98,61 @@ def over_http(store: EdgeStore, composed: ComposedUsers, users: int, types: list
     return out
 
 
+def _spin(stop: threading.Event) -> None:
+    while not stop.is_set():
+        time.sleep(0)
+
+
+def _timed(once: Any, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - started)
+    return times[10:]
+
+
+def tower_on_event_loop(tower: UserTower, width: int, runs: int = 200) -> dict[str, Any]:
+    """One user's tower forward, torch module against numpy, on a uvloop event loop in a thread (where the API
+    answers queries) and in a plain thread beside a thread that keeps taking the GIL."""
+    import uvloop
+
+    from models.twotower import NumpyUserTower
+
+    features = torch.randn(1, len(tower.type_names) * (width + 1) + (width if tower.config.last_item else 0))
+    forward, array = NumpyUserTower(tower.towers), features.numpy()
+
+    def torch_once() -> None:
+        with torch.no_grad():
+            tower.towers.users(features)
+
+    def numpy_once() -> None:
+        forward(array)
+
+    out: dict[str, Any] = {}
+    for name, once in (("torch", torch_once), ("numpy", numpy_once)):
+        found: list[float] = []
+
+        async def on_loop(once: Any = once, found: list[float] = found) -> None:
+            found.extend(_timed(once, runs))
+
+        worker = threading.Thread(target=uvloop.run, args=(on_loop(),))
+        worker.start()
+        worker.join()
+        out[f"{name}_uvloop"] = _ms(found)
+        stop = threading.Event()
+        busy = threading.Thread(target=_spin, args=(stop,))
+        busy.start()
+        beside: list[float] = []
+        worker = threading.Thread(target=lambda once=once, beside=beside: beside.extend(_timed(once, runs)))
+        worker.start()
+        worker.join()
+        stop.set()
+        busy.join()
+        out[f"{name}_beside_a_busy_thread"] = _ms(beside)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True, help="a trained 2T-HGNN (`gfm train`)")
@@ -195,6 +250,7 @@ def main() -> None:
     report["added_by_composition_p50_ms"] = round(report["route_composed"]["p50_ms"]
                                                   - report["route_stored_vector"]["p50_ms"], 3)
     report["http_one_client"] = http
+    report["tower_forward_one_user"] = tower_on_event_loop(tower, width)
     out = args.out or Path(__file__).parent / "results" / f"compose-{args.items}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
