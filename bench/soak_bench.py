@@ -60,14 +60,15 @@ class Seen:
     items: set[str] = dataclasses.field(default_factory=set)
 
 
-def endless(data: Path, seen: Seen) -> Iterator[ListenEvent]:
+def endless(data: Path, seen: Seen, limit: int | None = None) -> Iterator[ListenEvent]:
+    """The dataset's events again and again (the first ``limit`` of them when set), with new event ids from the
+    second round on."""
     for n in itertools.count():
         events, _ = dataset_events(data)
-        for e in events:
-            if e is not None:
-                seen.users.add(e.user_id)
-                seen.items.add(e.item_id)
-                yield e if n == 0 else dataclasses.replace(e, event_id=f"{e.event_id}#r{n}")
+        for e in itertools.islice((e for e in events if e is not None), limit):
+            seen.users.add(e.user_id)
+            seen.items.add(e.item_id)
+            yield e if n == 0 else dataclasses.replace(e, event_id=f"{e.event_id}#r{n}")
 
 
 def slope_per_minute(points: Sequence[tuple[float, float]]) -> float | None:
@@ -120,10 +121,17 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=15.0)
     parser.add_argument("--encoder", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--store-flush-interval-s", type=float, default=None,
+                        help="the embedded store's qdrant.flush_interval_s (default: the setting's default)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="replay only the first LIMIT events of the dataset, round after round (a shorter warm-up)")
     args = parser.parse_args()
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gfm-soak-") as tmp:
         settings = make_settings(Path(tmp), encoder=args.encoder)
+        if args.store_flush_interval_s is not None:
+            qdrant = settings.qdrant.model_copy(update={"flush_interval_s": args.store_flush_interval_s})
+            settings = settings.model_copy(update={"qdrant": qdrant})
         stack = Stack(settings)
         stack.start()
         try:
@@ -136,7 +144,7 @@ def main() -> None:
                 time.sleep(1)
             sink = EventSink(producer, settings.kafka)
             seen = Seen()
-            events = endless(args.data, seen)
+            events = endless(args.data, seen, args.limit)
             chunk = int(args.rate / 10)
             started = time.monotonic()
             produced = 0
@@ -189,6 +197,8 @@ def main() -> None:
         "rate": args.rate,
         "minutes": args.minutes,
         "encoder": args.encoder,
+        "limit": args.limit,
+        "store_flush_interval_s": settings.qdrant.flush_interval_s,
         "restarts": restarts,
         "max_events_lag": max(float(s["events_lag"]) for s in samples),
         "max_pairs_lag": max(float(s["pairs_lag"]) for s in samples),
