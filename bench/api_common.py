@@ -117,6 +117,14 @@ def served(store: Path, bootstrap: str | None = None, extra: tuple[str, ...] = (
             process.wait()
 
 
+def server_cpu_seconds(url: str) -> float | None:
+    """The API process's CPU seconds so far (its ``process_cpu_seconds_total``), None where it has none."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return None
+
+
 @dataclass
 class Record:
     """Latencies (seconds) and status counts of one kind of request."""
@@ -152,18 +160,32 @@ Request = Callable[[httpx.AsyncClient, random.Random], Awaitable[httpx.Response]
 
 
 async def drive(url: str, workers: dict[str, tuple[int, Request]], duration_s: float, max_requests: int,
-                seed: int = 0) -> tuple[dict[str, Record], float]:
+                seed: int = 0, rate: float | None = None) -> tuple[dict[str, Record], float]:
     """Run ``count`` concurrent clients per named request maker for ``duration_s`` or until ``max_requests`` in
-    all, each on its own keep-alive connection; returns the records by name and the wall time."""
+    all, each on its own keep-alive connection; returns the records by name and the wall time.
+
+    Without ``rate`` each client sends its next request as soon as the last is answered (a closed loop: the
+    server's throughput sets the latency). With ``rate`` (requests per second, all clients together) the load is
+    open: client ``i`` of ``n`` is due to send at ``start + (i + j * n) / rate`` for its ``j``-th request, and a
+    request's latency runs from when it was due, so a server that falls behind pays for the queue it built
+    (no coordinated omission)."""
     records = {name: Record() for name in workers}
     done = 0
     deadline = time.monotonic() + duration_s
+    total = sum(count for count, _ in workers.values())
 
-    async def client(name: str, make: Request, rng: random.Random) -> None:
+    async def client(name: str, make: Request, rng: random.Random, index: int) -> None:
         nonlocal done
+        sent = 0
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             while time.monotonic() < deadline and done < max_requests:
                 started = time.perf_counter()
+                if rate is not None:
+                    due = begun + (index + sent * total) / rate
+                    sent += 1
+                    if due > started:
+                        await asyncio.sleep(due - started)
+                    started = due
                 try:
                     response = await make(http, rng)
                 except httpx.HTTPError:
@@ -174,8 +196,13 @@ async def drive(url: str, workers: dict[str, tuple[int, Request]], duration_s: f
                 done += 1
 
     started = time.monotonic()
-    tasks = [client(name, make, random.Random(seed * 1000 + n * 100 + i))
-             for n, (name, (count, make)) in enumerate(workers.items()) for i in range(count)]
+    begun = time.perf_counter()
+    indexed = [(name, make, count) for name, (count, make) in workers.items()]
+    tasks, index = [], 0
+    for n, (name, make, count) in enumerate(indexed):
+        for i in range(count):
+            tasks.append(client(name, make, random.Random(seed * 1000 + n * 100 + i), index))
+            index += 1
     await asyncio.gather(*tasks)
     return records, time.monotonic() - started
 
@@ -202,6 +229,10 @@ def _serve(argv: list[str]) -> None:
         producer = make_producer(kafka)
         sink = EventSink(producer, kafka)
     registry = CollectorRegistry()
+    with contextlib.suppress(ImportError):  # a checkout from before the process collector
+        from monitoring.metrics import register_process
+
+        register_process(registry)
     try:
         from workers.services import build_api
         from workers.settings import Settings

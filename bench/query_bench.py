@@ -7,8 +7,10 @@ embedded qdrant-edge store, 100k random unit vectors of dim 128 in two types, us
     flock /tmp/gfm-bench.lock python bench/query_bench.py --before ../main   # also today's code, same client
 
 Measures, single-threaded at the store: get_user, the filtered search with the consumed items excluded, and
-recall@10 against an exact numpy ranking; then p50/p99 and requests/s through HTTP. Bounded: ``--duration``
-seconds or ``--max-requests`` per run.
+recall@10 against an exact numpy ranking; then p50/p99 and requests/s through HTTP: a closed loop (each client
+sends again as soon as it is answered: the server's throughput sets the latency) and open loops at ``--rates``
+requests per second in all (latency from when each request was due). Bounded: ``--duration`` seconds or
+``--max-requests`` per run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_common import ROOT, TYPES, drive, seed_store, served  # noqa: E402
+from api_common import ROOT, TYPES, drive, seed_store, served, server_cpu_seconds  # noqa: E402
 
 ISSUE_9 = {"source": "issue 9, measured before this change",
            "item_point_ids_for_2000_consumed_ms": 7.4, "store_filtered_top10_p99_ms": 12.9,
@@ -101,14 +103,25 @@ def at_the_store(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def through_http(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The closed loop (each client sends again as soon as it is answered), then an open loop at each of
+    ``args.rates`` requests per second (all clients together; latency from when a request was due)."""
     async def recommend(http: httpx.AsyncClient, rng: random.Random) -> httpx.Response:
         return await http.get(f"/users/u{rng.randrange(args.users)}/recommendations",
                               params={"type": rng.choice(TYPES), "k": 10})
 
     httpx.get(f"{url}/users/u0/recommendations", params={"type": TYPES[0]}, timeout=60)  # warm up
-    records, wall = asyncio.run(drive(url, {"recommend": (args.clients, recommend)}, args.duration,
-                                      args.max_requests))
-    return records["recommend"].summary(wall)
+    runs: dict[str, Any] = {}
+    for rate in (None, *args.rates):
+        cpu = server_cpu_seconds(url)
+        records, wall = asyncio.run(drive(url, {"recommend": (args.clients, recommend)}, args.duration,
+                                          args.max_requests, rate=rate))
+        run = records["recommend"].summary(wall)
+        if cpu is not None:  # what the server spends per request, which other work on the cores does not inflate
+            spent = (server_cpu_seconds(url) or cpu) - cpu
+            run["server_cpu_ms_per_request"] = round(spent / run["requests"] * 1e3, 3)
+        runs["closed_loop" if rate is None else f"open_{rate:g}_per_s"] = run
+        print(rate, run, flush=True)
+    return runs
 
 
 def main() -> None:
@@ -122,6 +135,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--max-requests", type=int, default=50_000)
     parser.add_argument("--store-queries", type=int, default=300)
+    parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",") if x], default=[100.0, 200.0, 400.0],
+                        help="open-loop runs: total requests per second, comma-separated (empty: none)")
     parser.add_argument("--before", type=Path, default=None, help="another checkout (today's code) to measure")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query-100k.json")
     args = parser.parse_args()

@@ -8,9 +8,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def register_process(registry: CollectorRegistry) -> None:
+    """The process's own figures in ``registry``: ``process_cpu_seconds_total``, ``process_resident_memory_bytes``
+    and the rest of prometheus-client's process collector (one per process: each gfm process has one registry)."""
+    ProcessCollector(registry=registry)
 
 
 @dataclass

@@ -84,6 +84,9 @@ class VectorStore(ABC):
     """
 
     types_refresh_s: float = 1.0
+    in_process: bool = False
+    """Whether the store computes in this process (holding the GIL) rather than waiting on a server: the API
+    calls an in-process store on its event loop and a server's client from a thread pool."""
 
     def __init__(self) -> None:
         self._types: frozenset[str] = frozenset()

@@ -57,6 +57,8 @@ class EdgeStore(VectorStore):
         clock: monotonic seconds (tests pass their own).
     """
 
+    in_process = True
+
     def __init__(self, path: Path, hnsw_ef: int | None = 256, flush_interval_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -159,22 +161,27 @@ class EdgeStore(VectorStore):
         query = q.Query.Nearest(vector.tolist())
         if len(excluded) <= _FILTER_MAX_EXCLUDED:
             must_not: list[q.HasIdCondition] | None = [q.HasIdCondition(excluded)] if excluded else None  # type: ignore[arg-type]
-            found = self._query(query, k, q.Filter(must=must, must_not=must_not))  # type: ignore[arg-type]
+            found = self._query(query, k, q.Filter(must=must, must_not=must_not), with_payload=True)  # type: ignore[arg-type]
             return [hit_from(p.payload or {}, p.score) for p in found]
         # Thousands of excluded ids: turning them into a filter costs more than the search (~2 ms for 2,000
-        # UUIDs), so fetch a few more than k and drop the excluded, widening until k remain or nothing is left.
+        # UUIDs), so fetch a few more than k without payloads, drop the excluded, widening until k remain or
+        # nothing is left, then read the payloads of the k kept (a payload costs more than the search's hit).
         limit = k + _OVERFETCH
         while True:
-            found = self._query(query, limit, q.Filter(must=must))  # type: ignore[arg-type]
+            found = self._query(query, limit, q.Filter(must=must), with_payload=False)  # type: ignore[arg-type]
             kept = [p for p in found if str(p.id) not in excluded]
             if len(kept) >= k or len(found) < limit or limit >= k + len(excluded):
-                return [hit_from(p.payload or {}, p.score) for p in kept[:k]]
+                break
             limit = min(limit * 4, k + len(excluded))
+        kept = kept[:k]
+        payloads = {str(r.id): r.payload or {} for r in self.items.retrieve([p.id for p in kept], with_payload=True,
+                                                                             with_vector=False)}
+        return [hit_from(payloads[str(p.id)], p.score) for p in kept if str(p.id) in payloads]
 
-    def _query(self, query: q.Query, limit: int, where: q.Filter) -> list[q.ScoredPoint]:
+    def _query(self, query: q.Query, limit: int, where: q.Filter, with_payload: bool) -> list[q.ScoredPoint]:
         ef = self.hnsw_ef
         params = q.SearchParams(exact=True) if ef is None else q.SearchParams(hnsw_ef=max(ef, limit))
-        return self.items.query(q.QueryRequest(limit=limit, query=query, filter=where, with_payload=True,
+        return self.items.query(q.QueryRequest(limit=limit, query=query, filter=where, with_payload=with_payload,
                                                params=params))
 
     def unindexed_items(self) -> int:

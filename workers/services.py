@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from models.embedding import TextPropagationModel, VectorModel
 from models.text import TextEncoder, make_encoder
 from monitoring.lag import register_lag
-from monitoring.metrics import RefresherMetrics, StoreMetrics, StreamMetrics
+from monitoring.metrics import RefresherMetrics, StoreMetrics, StreamMetrics, register_process
 from streams.agents import StreamConfig, create_app
 from streams.records import DeadLetter
 from vectorstore.base import VectorStore
@@ -105,6 +105,7 @@ def run_streams(settings: Settings) -> None:
 
     ensure_topics(settings.kafka)
     registry = CollectorRegistry()
+    register_process(registry)
     register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id)
     start_http_server(settings.streams.metrics_port, addr=settings.metrics_host, registry=registry)
     app = create_app(stream_config(settings), StreamMetrics.create(registry))
@@ -134,6 +135,7 @@ def start_refresher(settings: Settings, store: VectorStore, registry: CollectorR
 def run_refresher(settings: Settings) -> None:
     """Run the refresher alone (blocks); its metrics are served on ``refresher.metrics_port``."""
     registry = CollectorRegistry()
+    register_process(registry)
     start_http_server(settings.refresher.metrics_port, addr=settings.metrics_host, registry=registry)
     loop = start_refresher(settings, build_store(settings), registry)
     try:
@@ -183,6 +185,7 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     import uvicorn
 
     registry = CollectorRegistry()
+    register_process(registry)
     store = build_store(settings)
     embedded = not settings.qdrant.url
     loop = start_refresher(settings, store, registry) if (with_refresher or embedded) else None

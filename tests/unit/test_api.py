@@ -215,6 +215,10 @@ def test_errors_never_echo_a_huge_value(store, sink):
     b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ts": 1e999}',
     b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ms_played": 1e999}',
     b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ms_played": ' + b"9" * 5000 + b"}",
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ms_played": true}',
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ms_played": 30000.0}',
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ts": "1700000000"}',
+    b'{"user_id": "u", "item_id": "p1", "item_type": "podcast", "ts": true}',
     b"[" * 100_000 + b"]" * 100_000,
     b'{"user_id": {"nested": [1, 2]}, "item_id": true, "item_type": null}',
 ])
