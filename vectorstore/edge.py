@@ -71,6 +71,7 @@ class EdgeStore(VectorStore):
         self._items: q.EdgeShard | None = None
         self._users: q.EdgeShard | None = None
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._flushed_at = clock()
         self.flushes = 0
         """How many times :meth:`flush` ran (monitoring, tests)."""
@@ -132,8 +133,12 @@ class EdgeStore(VectorStore):
             self._flush_when_due()
 
     def _flush_when_due(self) -> None:
-        if self._clock() - self._flushed_at >= self.flush_interval_s:
-            self.flush()
+        # upserts may come from several threads: one flushes, the others go on (their writes are in the log)
+        if self._clock() - self._flushed_at >= self.flush_interval_s and self._flushing.acquire(blocking=False):
+            try:
+                self.flush()
+            finally:
+                self._flushing.release()
 
     def flush(self) -> None:
         """Persist both shards: their write-ahead logs are truncated and freed payload blocks become reusable."""
