@@ -25,6 +25,7 @@ import platform
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,6 @@ from streams.records import ListenEvent  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from workers.kafka_io import EventSink, dataset_events, make_producer, publish_catalog  # noqa: E402
 from workers.stack import Stack, http_json  # noqa: E402
-from workers.statecheck import stream_metric  # noqa: E402
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -46,6 +46,22 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def worker_counters(port: int, names: Sequence[str], timeout_s: float = 5.0) -> dict[str, float] | None:
+    """The stream worker's counters ``names`` (summed over their labels) from one scrape of its metrics; None
+    when the scrape fails or times out."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    totals = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def disk_mib(path: Path) -> float:
@@ -157,17 +173,18 @@ def main() -> None:
                 now = time.monotonic()
                 if now >= next_sample:
                     port = settings.streams.metrics_port
-                    worker = {name: stream_metric(port, name) for name in (
+                    worker = worker_counters(port, (
                         "gfm_stream_events_total", "gfm_graph_pairs_published_total", "gfm_graph_pairs_total",
-                        "gfm_graph_pairs_redelivered_total")}
+                        "gfm_graph_pairs_redelivered_total"))
                     _, health = http_json(f"{stack.api_url}/healthz")
                     refresher = health.get("refresher", {})
                     sample = {
                         "t_s": round(now - started, 1),
                         "produced": produced,
-                        "events_lag": produced - worker.get("gfm_stream_events_total", 0),
-                        "pairs_lag": worker.get("gfm_graph_pairs_published_total", 0)
-                        - worker.get("gfm_graph_pairs_total", 0) - worker.get("gfm_graph_pairs_redelivered_total", 0),
+                        # None when the worker's metrics did not answer in time (a busy worker), not a lag
+                        "events_lag": None if worker is None else produced - worker["gfm_stream_events_total"],
+                        "pairs_lag": None if worker is None else worker["gfm_graph_pairs_published_total"]
+                        - worker["gfm_graph_pairs_total"] - worker["gfm_graph_pairs_redelivered_total"],
                         "pending_items": refresher.get("pending_items"),
                         "pending_users": refresher.get("pending_users"),
                         "users_seen": len(seen.users),
@@ -200,8 +217,9 @@ def main() -> None:
         "limit": args.limit,
         "store_flush_interval_s": settings.qdrant.flush_interval_s,
         "restarts": restarts,
-        "max_events_lag": max(float(s["events_lag"]) for s in samples),
-        "max_pairs_lag": max(float(s["pairs_lag"]) for s in samples),
+        "max_events_lag": max((s["events_lag"] for s in samples if s["events_lag"] is not None), default=None),
+        "max_pairs_lag": max((s["pairs_lag"] for s in samples if s["pairs_lag"] is not None), default=None),
+        "metrics_unanswered": sum(s["events_lag"] is None for s in samples),
         "max_pending_users": max((s["pending_users"] or 0) for s in samples),
         "max_pending_items": max((s["pending_items"] or 0) for s in samples),
         "rss": summary,

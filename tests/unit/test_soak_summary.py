@@ -42,3 +42,29 @@ def test_summary_finds_the_warmup_end_and_the_slopes():
 def test_summary_of_nothing_is_refused():
     with pytest.raises(ValueError, match="no samples"):
         soak.summarise([], half_s=1)
+
+
+def test_worker_counters_sum_labels_from_one_scrape_and_say_none_when_unanswered(monkeypatch):
+    page = (b"# HELP gfm_stream_events_total events\n# TYPE gfm_stream_events_total counter\n"
+            b'gfm_stream_events_total{partition="0"} 10.0\ngfm_stream_events_total{partition="1"} 5.0\n'
+            b'gfm_stream_events_created{partition="0"} 1.7e9\ngfm_graph_pairs_total 7.0\n')
+
+    class Page:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return page
+
+    monkeypatch.setattr(soak.urllib.request, "urlopen", lambda url, timeout: Page())
+    assert soak.worker_counters(1, ["gfm_stream_events_total", "gfm_graph_pairs_total", "absent_total"]) == {
+        "gfm_stream_events_total": 15.0, "gfm_graph_pairs_total": 7.0, "absent_total": 0.0}
+
+    def timeout(url, timeout):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(soak.urllib.request, "urlopen", timeout)
+    assert soak.worker_counters(1, ["gfm_stream_events_total"]) is None
