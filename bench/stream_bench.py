@@ -4,9 +4,22 @@
 
 Phase 1 (throughput): the events are produced into a fresh tansu broker first, then the Faust worker starts
 and we time how fast its agents drain them (metrics scraped from the worker every 0.25 s). Phase 2
-(latency): worker and refresher (embedded Qdrant) run; the catalogue is embedded; events are replayed at a
-fixed rate, and for every refreshed user we record upsert time minus the produce time of the earliest event
-that changed them. Results go to ``bench/results/stream-<dataset>.json``.
+(latency): worker and refresher (embedded Qdrant, in this process as in ``gfm worker api``) run, serving the
+trained 2T-HGNN of ``--model-dir`` (text propagation without it); the catalogue is embedded; events are replayed at
+a fixed rate. Timed, each from the produce time of the earliest event of a user's (or item's) stream micro-batch
+(its Kafka timestamp):
+
+* *user state written*: until the refresher has upserted the user's state that includes the event; split into
+  the stream worker's share (until the user-update request was produced: its Kafka timestamp) and the time from
+  that request's production to the refresher reading it;
+* *fresh user vector* (with ``--query-every``): until the first answer computed from that state is complete: for
+  one user in ``N`` (by a hash of the id), a query thread asks, as soon as the state is written, what the API's
+  recommend route computes (the stored state read, the user's vector composed from their items' stored inputs,
+  a filtered top-10 search of the type of the user's latest item, consumed items excluded);
+* *item vectors upserted*: until the vector of every item the event's adjacency change affects is upserted (the
+  item, and the frontier it reaches, drained over later batches).
+
+Results go to ``bench/results/stream-<dataset>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -15,6 +28,8 @@ import argparse
 import json
 import os
 import platform
+import queue
+import re
 import shutil
 import statistics
 import subprocess
@@ -23,6 +38,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -225,48 +241,152 @@ class Recorder:
         self.values.append(value)
 
 
-def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path) -> dict[str, float]:
-    settings = make_settings(root / "latency", encoder=encoder)
+class QueryProbe:
+    """Asks for a sample of users' recommendations as soon as the refresher writes their state, as the API's
+    recommend route computes them, and records event -> answer latency and the query's own cost."""
+
+    def __init__(self, store: Any, users: Any, every: int) -> None:
+        self.store = store
+        self.users = users
+        self.every = every
+        self.asked: queue.Queue[tuple[str, float] | None] = queue.Queue()
+        self.latency: list[float] = []
+        self.query_s: list[float] = []
+        self.thread = threading.Thread(target=self.run, name="query-probe", daemon=True)
+
+    def written(self, points: Any) -> None:
+        for point in points:
+            if point.event_ts > 0 and zlib.crc32(point.user_id.encode()) % self.every == 0:
+                self.asked.put((point.user_id, point.event_ts))
+
+    def run(self) -> None:
+        from models.graph import recent_items
+
+        while (asked := self.asked.get()) is not None:
+            user_id, event_ts = asked
+            started = time.perf_counter()
+            user = self.users(self.store.get_user(user_id))
+            latest = recent_items(user.state(), 1)
+            if user.vector.any():
+                self.store.search(user.vector, 10, item_type=latest[0][1] if latest else None,
+                                  exclude_points=user.excluded_points())
+            self.query_s.append(time.perf_counter() - started)
+            self.latency.append(time.time() - event_ts)
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=100) if len(ordered) > 1 else [float("nan")] * 99
+    return {"n": len(ordered), "p50": round(q[49], 4), "p95": round(q[94], 4), "p99": round(q[98], 4),
+            "max": round(ordered[-1], 4) if ordered else float("nan")}
+
+
+def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, model_dir: Path | None = None,
+            text_cache: Path | None = None, query_every: int = 0) -> dict[str, Any]:
+    settings = make_settings(root / "latency", encoder=encoder, model="gfm" if model_dir else "textprop")
+    settings = settings.model_copy(update={"model": settings.model.model_copy(update={
+        "dir": model_dir, "text_cache": text_cache or settings.model.text_cache})})
     broker = start_broker(settings.kafka.bootstrap, root / "broker2.log")
     worker = None
     loop = None
+    probe = None
     try:
         ensure_topics(settings.kafka)
         worker = start_worker(settings)
         producer = make_producer(settings.kafka)
         published = publish_catalog(producer, settings.kafka, load_items(data))
         metrics = RefresherMetrics.create(CollectorRegistry())
-        recorder = Recorder()
+        recorder, item_recorder = Recorder(), Recorder()
         metrics.freshness_seconds = recorder  # type: ignore[assignment]
+        metrics.item_freshness_seconds = item_recorder  # type: ignore[assignment]
         store = build_store(settings)
         encoder_ = build_encoder(settings, progress=True)
-        refresher = Refresher(store, build_model(settings, encoder_), encoder_, metrics, settings.refresher)
-        loop = RefresherLoop(refresher, settings.kafka).start()
+        model = build_model(settings, encoder_)
+        if query_every:
+            from vectorstore.compose import ComposedUsers
+
+            probe = QueryProbe(store, ComposedUsers(store, model.composer), query_every)
+            upsert_users = store.upsert_users
+
+            def upsert_and_ask(points: Any) -> None:
+                upsert_users(points)
+                probe.written(points)  # type: ignore[union-attr]
+
+            store.upsert_users = upsert_and_ask  # type: ignore[method-assign]
+            probe.thread.start()
+        refresher = Refresher(store, model, encoder_, metrics, settings.refresher)
+        loop = RefresherLoop(refresher, settings.kafka)
+        stream_part: list[float] = []  # event produced -> its user-update produced (the stream worker's share)
+        polled_part: list[float] = []  # user-update produced -> read by the refresher
+        users_topic = settings.kafka.topic("user-updates")
+        collect_records = loop._collect
+
+        def timed_collect(polled: Any) -> Any:
+            now = time.time()
+            for tp, batch in polled.items():
+                if tp.topic == users_topic:
+                    for record in batch:
+                        found = re.search(rb'"event_ts":([0-9.eE+-]+)', record.value[:400])
+                        if found and float(found.group(1)) > 0:
+                            stream_part.append(record.timestamp / 1000.0 - float(found.group(1)))
+                        polled_part.append(now - record.timestamp / 1000.0)
+            return collect_records(polled)
+
+        loop._collect = timed_collect  # type: ignore[method-assign]
+        loop.start()
         started = time.monotonic()
-        while len(refresher.graph) < published:
+        while len(refresher.graph) < published or not refresher.idle:
             time.sleep(0.2)
             if loop.error:
                 raise loop.error
         print(f"catalogue of {published} items embedded in {time.monotonic() - started:.1f} s", flush=True)
         time.sleep(8)  # let the worker join its group before the clock starts
+        recorder.values.clear()
+        item_recorder.values.clear()
+        stream_part.clear()
+        polled_part.clear()
+        batches_before = refresher.metrics.batches._value.get()
+        pending: list[int] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.5):
+                pending.append(len(refresher.pending_items))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         events, _ = dataset_events(data, int(rate * seconds))
         sent = replay(events, EventSink(producer, settings.kafka), int(rate * seconds), rate=rate, progress=False)
+        drained = time.monotonic()
+        while time.monotonic() - drained < 60 and (not refresher.idle or (probe and not probe.asked.empty())):
+            time.sleep(0.2)
         time.sleep(5)
-        values = sorted(recorder.values)
-        quantiles = statistics.quantiles(values, n=100) if len(values) > 1 else [float("nan")] * 99
-        return {
+        stop.set()
+        result: dict[str, Any] = {
             "rate": rate,
             "seconds": seconds,
             "events_sent": sent.sent,
             "achieved_rate": round(sent.events_per_s),
-            "user_refreshes": len(values),
-            "p50_s": round(quantiles[49], 3),
-            "p95_s": round(quantiles[94], 3),
-            "p99_s": round(quantiles[98], 3),
-            "max_s": round(values[-1], 3) if values else float("nan"),
+            "model": model.version,
             "encoder": encoder,
+            "refresh_batches": refresher.metrics.batches._value.get() - batches_before,
+            "user_state_written_s": _quantiles(recorder.values),
+            "of_which_event_to_user_update_produced_s": _quantiles(stream_part),
+            "of_which_user_update_produced_to_read_s": _quantiles(polled_part),
+            "item_vectors_upserted_s": _quantiles(item_recorder.values),
+            "pending_items_max": max(pending, default=0),
+            "pending_items_end": len(refresher.pending_items),
         }
+        if probe is not None:
+            probe.asked.put(None)
+            probe.thread.join(30)
+            result["fresh_user_vector_s"] = _quantiles(probe.latency)
+            result["query_compose_and_search_s"] = _quantiles(probe.query_s)
+            result["query_every"] = query_every
+        return result
     finally:
+        if probe is not None and probe.thread.is_alive():
+            probe.asked.put(None)
         if loop is not None:
             loop.stop()
             loop.refresher.store.close()
@@ -285,6 +405,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the latency phase")
     parser.add_argument("--encoder", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--skip", choices=["throughput", "latency"], default=None)
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="latency phase: serve this trained 2T-HGNN (`gfm train`); text propagation without it")
+    parser.add_argument("--text-cache", type=Path, default=None, help="the text encoder's cache directory")
+    parser.add_argument("--query-every", type=int, default=5,
+                        help="latency phase: ask for the recommendations of one user in N as their state is written "
+                             "(0: none)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--producer-batch-bytes", type=int, default=None,
                         help="the worker's producer_max_batch_size (default: the settings' default, 1 for tansu)")
@@ -313,7 +439,8 @@ def main() -> None:
                                            args.produce_rate, **overrides)
         print(json.dumps(results["throughput"], indent=2), flush=True)
     if args.skip != "latency":
-        results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp))
+        results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp), args.model_dir,
+                                     args.text_cache, args.query_every)
         print(json.dumps(results["latency"], indent=2), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     out = args.out or ROOT / "bench" / "results" / f"stream-{results['dataset']}.json"

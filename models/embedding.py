@@ -1,16 +1,19 @@
-"""What the refresher asks a model for: item vectors and user vectors in one shared space.
+"""What the refresher and the query API ask a model for: item vectors and user vectors in one shared space.
 
 :class:`LiveGraph` is the refresher's mirror of the world: the catalogue with text embeddings, the item
-adjacencies the stream agents publish, and the latest vector of every item. A :class:`VectorModel` reads it.
-Two models fill the interface: :class:`TextPropagationModel` (no training: an item's text embedding plus the
-weighted mean of its neighbours' text embeddings; a user is the mean of their recent items' vectors) and the
-trained graph foundation model (``models/twotower.py``), so swapping one for the other touches no stream or
-store code.
+adjacencies the stream agents publish, and the latest vector of every item. A :class:`VectorModel` reads it and
+computes item vectors, and what a user vector reads of each item (:meth:`VectorModel.user_features`). User vectors
+are composed at query time (:class:`UserComposer`) from a user's state and those per-item inputs as the store
+holds them: a moved item then moves no stored user vector, and the refresher's work per micro-batch is the items
+a change reaches. Two models fill the interfaces: :class:`TextPropagationModel` (no training: an item's text
+embedding plus the weighted mean of its neighbours' text embeddings; a user is the mean of their recent items'
+vectors) and the trained graph foundation model (``models/serving.py``), so swapping one for the other touches no
+stream or store code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -157,22 +160,84 @@ class LiveGraph:
         return self._vectors[index], self._has_vector[index]
 
 
+@dataclass(frozen=True)
+class ItemInputs:
+    """What user vectors read of some items: per item id, its type and one row of :attr:`matrix` (the item's
+    vector, or its user-tower features; see :attr:`UserComposer.reads_features`).
+
+    Attributes:
+        rows: item id -> row of :attr:`matrix` and :attr:`types`.
+        types: per row, the item's type.
+        matrix: ``(len(rows), E)`` float32.
+    """
+
+    rows: Mapping[str, int]
+    types: Sequence[str]
+    matrix: np.ndarray
+
+    @classmethod
+    def of(cls, found: Mapping[str, tuple[str, np.ndarray]], width: int) -> ItemInputs:
+        """From ``{item_id: (item_type, row)}`` (what :meth:`vectorstore.base.VectorStore.item_inputs` returns)."""
+        ids = list(found)
+        matrix = (np.stack([found[i][1] for i in ids]).astype(np.float32, copy=False) if ids
+                  else np.zeros((0, width), dtype=np.float32))
+        return cls({item_id: row for row, item_id in enumerate(ids)}, [found[i][0] for i in ids], matrix)
+
+
+class UserComposer(Protocol):
+    """Composes user vectors from user states and what they read of items (at query time, from the store)."""
+
+    version: str
+    dim: int
+    reads_features: bool
+    """True: it reads each item's user-tower features (:meth:`VectorModel.user_features`, stored beside the item's
+    vector); False: the item's vector."""
+
+    def history(self, state: UserState) -> list[str]:
+        """The ids of the items of ``state`` that a user vector may read: what to fetch, no more."""
+        ...
+
+    def compose(self, states: Sequence[UserState], items: ItemInputs) -> np.ndarray:
+        """User vectors ``(len(states), dim)`` from states and their items' inputs (items missing from ``items``
+        are not read); zero rows for states with no readable item."""
+        ...
+
+
 class VectorModel(Protocol):
-    """Computes item and user vectors in one space from a :class:`LiveGraph`."""
+    """Computes item vectors, and what user vectors read of items, in one space from a :class:`LiveGraph`."""
 
     version: str
     dim: int
     hops: int
     """How many hops of neighbours an item vector reads (see :meth:`LiveGraph.affected`)."""
 
+    @property
+    def composer(self) -> UserComposer:
+        """The query-time user side of this model."""
+        ...
+
     def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
         """Vectors of the items at ``rows``: shape ``(len(rows), dim)``, unit norm."""
         ...
 
-    def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
-        """Vectors of users from their states: shape ``(len(states), dim)``; zero rows for users with no
-        known item."""
+    def user_features(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray | None:
+        """What a user vector reads of the items at ``rows`` besides their vectors (stored with them), or None when
+        the composer reads the item vectors themselves."""
         ...
+
+    def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
+        """Users' vectors recomputed from the live graph: :attr:`composer` over every item with a vector (what the
+        store holds once the refresher is idle). For checks and benchmarks; serving composes from the store."""
+        ...
+
+
+def graph_inputs(model: VectorModel, graph: LiveGraph) -> ItemInputs:
+    """What user vectors read of every item of ``graph`` that has a vector (as the store would hold them)."""
+    present = np.flatnonzero(graph.vectors(np.arange(len(graph)))[1])
+    features = model.user_features(present.tolist(), graph)
+    matrix = graph.vectors(present)[0] if features is None else features
+    return ItemInputs({graph.ids[r]: k for k, r in enumerate(present)}, [graph.types[r] for r in present],
+                      np.asarray(matrix, dtype=np.float32))
 
 
 class TextPropagationModel:
@@ -188,7 +253,7 @@ class TextPropagationModel:
     def __init__(self, encoder_name: str, dim: int, beta: float = 1.0, history: int = 50) -> None:
         self.dim = dim
         self.beta = beta
-        self.history = history
+        self.history_size = history
         self.version = f"textprop-{encoder_name}-b{beta:g}"
 
     def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
@@ -204,12 +269,25 @@ class TextPropagationModel:
                 out[k] += self.beta * (weights @ graph.text(nbr_rows)) / weights.sum()
         return normalise(out)
 
-    def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
+    reads_features = False
+
+    @property
+    def composer(self) -> TextPropagationModel:
+        return self
+
+    def user_features(self, rows: Sequence[int], graph: LiveGraph) -> None:
+        return None
+
+    def history(self, state: UserState) -> list[str]:
+        return [item_id for item_id, _, _ in recent_items(state, self.history_size)]
+
+    def compose(self, states: Sequence[UserState], items: ItemInputs) -> np.ndarray:
         out = np.zeros((len(states), self.dim), dtype=np.float32)
         for k, state in enumerate(states):
-            rows = [graph.rows[i] for i, _, _ in recent_items(state, self.history) if i in graph.rows]
+            rows = [items.rows[i] for i in self.history(state) if i in items.rows]
             if rows:
-                vectors, present = graph.vectors(rows)
-                if present.any():
-                    out[k] = vectors[present].mean(0)
+                out[k] = items.matrix[rows].mean(0)
         return normalise(out)
+
+    def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
+        return self.compose(states, graph_inputs(self, graph))

@@ -3,7 +3,10 @@
 A model directory (``gfm train``) holds ``config.json`` (item types, hyperparameters, the text encoder, the
 data fingerprint, training metrics), ``hgnn.pt`` and ``twotower.pt``. :class:`TrainedModel` runs the HGNN over
 the refresher's live graph, layer by layer where the inputs changed (:class:`~models.incremental.IncrementalHGNN`:
-new items and edges are embedded inductively), and the towers on top.
+new items and edges are embedded inductively), and the item tower on top; it hands out what the user tower reads
+of each item (:func:`~models.twotower.user_item_features`), which the refresher stores with the item.
+:class:`UserTower` is the user tower alone (no HGNN, no text encoder): the query API loads it from the same
+directory and composes a user's vector when asked, from the user's state and their items' stored features.
 """
 
 from __future__ import annotations
@@ -19,14 +22,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.embedding import LiveGraph
+from models.embedding import ItemInputs, LiveGraph, graph_inputs
 from models.evaluate import Split
-from models.graph import UserState
+from models.graph import UserState, recent_items
 from models.hgnn import HGNN, HGNNConfig, embed, train_hgnn
 from models.incremental import IncrementalHGNN
 from models.text import TextEncoder
 from models.train import TrainConfig, graph_of, histories_list, peak_rss_mib, pick_device, text_embeddings
-from models.twotower import TwoTower, TwoTowerConfig, train_two_tower, user_vectors
+from models.twotower import (
+    NumpyUserTower,
+    TwoTower,
+    TwoTowerConfig,
+    train_two_tower,
+    user_item_features,
+    user_vectors,
+)
 
 
 def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, out_root: Path,
@@ -90,9 +100,64 @@ def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: 
     return train_for_serving(split, encoder, config, root, fingerprint), True
 
 
+class UserTower:
+    """The trained user tower as a :class:`~models.embedding.UserComposer`: a user's vector from their state and
+    their history items' user-tower features (:func:`~models.twotower.user_item_features`), through
+    :func:`~models.twotower.user_vectors`, the function evaluation uses, with the tower's numpy forward
+    (:class:`~models.twotower.NumpyUserTower`: one user per request, on the API's event loop).
+
+    Args:
+        towers: the trained two-tower model (only its user tower runs).
+        type_names: the model's item types.
+        config: the towers' configuration.
+        version: the model version.
+        device: where the tower runs.
+    """
+
+    reads_features = True
+
+    def __init__(self, towers: TwoTower, type_names: list[str], config: TwoTowerConfig, version: str,
+                 device: torch.device) -> None:
+        self.towers = towers
+        self.type_names = type_names
+        self.config = config
+        self.version = version
+        self.device = device
+        self.dim = config.dim
+        self._codes = {name: k for k, name in enumerate(type_names)}
+        self._forward = NumpyUserTower(towers)
+
+    @classmethod
+    def load(cls, directory: Path, device: torch.device | None = None) -> UserTower:
+        """The user tower of a model directory written by :func:`train_for_serving` (the HGNN is not loaded)."""
+        meta: dict[str, Any] = json.loads((directory / "config.json").read_text())
+        config = TwoTowerConfig(**meta["config"]["two_tower"])
+        towers = TwoTower.for_config(meta["config"]["hgnn"]["out"], meta["text_dim"], len(meta["type_names"]), config)
+        towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
+        device = device or torch.device("cpu")
+        return cls(towers.to(device).eval(), meta["type_names"], config, meta["version"], device)
+
+    def history(self, state: UserState) -> list[str]:
+        """Per known type, the ``config.history`` newest items of ``state`` (what the tower averages)."""
+        left = dict.fromkeys(self.type_names, self.config.history)
+        out = []
+        for item_id, item_type, _ in recent_items(state):
+            if left.get(item_type, 0) > 0:
+                left[item_type] -= 1
+                out.append(item_id)
+        return out
+
+    def compose(self, states: Sequence[UserState], items: ItemInputs) -> np.ndarray:
+        if not items.rows:  # nothing to read: no vector (and no feature width to build one from)
+            return np.zeros((len(states), self.dim), dtype=np.float32)
+        codes = np.fromiter((self._codes.get(t, -1) for t in items.types), dtype=np.int64, count=len(items.types))
+        return user_vectors(self.towers, states, items.rows, codes, self.type_names, items.matrix, self.config,
+                            self.device, forward=self._forward)
+
+
 class TrainedModel:
     """The trained 2T-HGNN as a :class:`~models.embedding.VectorModel`: item vectors read 2 hops (the HGNN's
-    layers).
+    layers); user vectors are composed by :attr:`composer` from the items' user-tower features.
 
     Args:
         directory: a model directory written by :func:`train_for_serving`.
@@ -121,6 +186,11 @@ class TrainedModel:
         self.hops = 2
         self.layers = IncrementalHGNN(self.hgnn, self.type_names, self.device)
         """The HGNN's layers over the refresher's live graph, refreshed where their inputs changed."""
+        self._composer = UserTower(self.towers, self.type_names, self.tt_config, self.version, self.device)
+
+    @property
+    def composer(self) -> UserTower:
+        return self._composer
 
     def _type_codes(self, graph: LiveGraph) -> np.ndarray:
         self.layers.update(graph)
@@ -149,8 +219,9 @@ class TrainedModel:
         vectors[~graph.has_text(index)] = 0.0  # not in the catalogue yet: wait for its text
         return vectors
 
-    @torch.no_grad()
+    def user_features(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
+        index = np.asarray(rows, dtype=np.int64)
+        return user_item_features(self.hgnn_embeddings(graph)[index], graph.text(index), self.tt_config)
+
     def user_vectors(self, states: Sequence[UserState], graph: LiveGraph) -> np.ndarray:
-        return user_vectors(self.towers, states, graph.rows, self._type_codes(graph), self.type_names,
-                            self.hgnn_embeddings(graph), graph.text_matrix(), self.tt_config,
-                            self.device)
+        return self.composer.compose(states, graph_inputs(self, graph))

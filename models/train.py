@@ -26,7 +26,14 @@ from models.features import Histories, graph_tensors
 from models.graph import GraphConfig, build_graph
 from models.hgnn import HGNNConfig, TypedGraph, embed, train_hgnn
 from models.text import TextEncoder, item_text
-from models.twotower import TwoTower, TwoTowerConfig, item_vectors, train_two_tower, user_vectors
+from models.twotower import (
+    TwoTower,
+    TwoTowerConfig,
+    item_vectors,
+    train_two_tower,
+    user_item_features,
+    user_vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +130,11 @@ def two_tower_scorer(split: Split, histories: Histories, model: TwoTower, embedd
     items = item_vectors(model, embedding, text, split.item_type, device, degree)
     states = dict(zip(histories.users, histories.final_states, strict=True))
     rows = histories.rows
+    per_item = user_item_features(embedding, text, config)
 
     def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
-        u = user_vectors(model, [states[x] for x in users], rows, split.item_type, split.type_names, embedding,
-                         text, config, device)
+        u = user_vectors(model, [states[x] for x in users], rows, split.item_type, split.type_names, per_item,
+                         config, device)
         return u @ items[candidates].T
 
     return score

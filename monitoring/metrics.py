@@ -90,15 +90,9 @@ class RefresherMetrics:
 
     def observe_batch(self, refresher: RefresherView, polled: Mapping[Any, Sequence[TimestampedRecord]],
                       now: Callable[[], float] = time.time) -> None:
-        """After a micro-batch was applied: event -> item vector latency (from the Kafka timestamps of the
-        item-update requests it read, which carry the event time), when each kind of vector was last upserted,
-        and the served model version."""
+        """After a micro-batch was applied: when each kind of point was last upserted, and the served model
+        version. (Event -> item vector latency is observed by the refresher as it upserts each item.)"""
         stamp = now()
-        for tp, records in polled.items():
-            if str(getattr(tp, "topic", "")).endswith("item-updates"):
-                for record in records:
-                    if record.timestamp and record.timestamp > 0:
-                        self.item_freshness_seconds.observe(max(0.0, stamp - record.timestamp / 1000.0))
         for kind, count in (("item", refresher.items_refreshed), ("user", refresher.users_refreshed)):
             if count != self._seen.get(kind, 0):
                 self._seen[kind] = count
@@ -121,13 +115,15 @@ class RefresherMetrics:
                                     buckets=LATENCY_BUCKETS, registry=registry),
             freshness_seconds=Histogram(
                 "gfm_event_to_vector_seconds",
-                "From an event's arrival in the stream to its user's vector in the store",
+                "From an event's arrival in the stream to its user's state in the store (the next query composes the "
+                "user's vector from it)",
                 buckets=LATENCY_BUCKETS, registry=registry),
             catalog_items=Gauge("gfm_catalog_items", "Items known to the refresher", registry=registry),
             item_freshness_seconds=Histogram(
                 "gfm_event_to_item_vector_seconds",
-                "From an event to its items' vectors in the store (the item-update request's Kafka timestamp, "
-                "which the stream sets to the earliest event time of the micro-batch that changed the item)",
+                "From an event to the vectors of every item it affects in the store, the frontier included (from the "
+                "item-update request's Kafka timestamp: the earliest event time of the micro-batch that changed the "
+                "item)",
                 buckets=LATENCY_BUCKETS, registry=registry),
             last_upsert=Gauge("gfm_vectors_last_upsert_timestamp_seconds",
                               "Unix time of the newest upsert, by kind (item, user)", ["kind"], registry=registry),

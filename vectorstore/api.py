@@ -268,6 +268,7 @@ def create_api(
     max_k: int | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
     limits: ApiLimits | None = None,
+    users: Callable[[UserPoint], UserPoint] | None = None,
 ) -> FastAPI:
     """Build the HTTP API.
 
@@ -278,6 +279,8 @@ def create_api(
         max_k: the largest ``k`` a client may ask for (overrides ``limits.max_k``).
         health: extra facts for GET /healthz (e.g. the refresher's state); ``{"ok": False}`` makes it 503.
         limits: bounds on requests; the defaults of :class:`ApiLimits` when omitted.
+        users: composes a stored user's vector from their state (``vectorstore.compose.ComposedUsers``, what
+            the live stack passes); None serves the vector stored with the user.
     """
     limits = limits or ApiLimits()
     top_k = max_k if max_k is not None else limits.max_k
@@ -324,6 +327,10 @@ def create_api(
         user = store.get_user(user_id)
         if user is None:
             raise HTTPException(404, f"unknown user {quote(user_id)}: no events from them have been processed yet")
+        if users is not None:
+            user = users(user)
+        if not user.vector.any():
+            raise HTTPException(404, f"user {quote(user_id)} has no vector yet: none of their items is embedded")
         return ranked(user_id, user, item_type, k, exclude_points=user.excluded_points())
 
     def similar_items(item_id: str, item_type: str | None, k: int) -> Recommendations:

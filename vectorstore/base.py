@@ -3,10 +3,17 @@
 Items and users live in two collections of the same space. Point ids are UUIDv5 of the item or user id, so
 any component can address a point without a lookup; the original id is kept in the payload. Filtering by
 item type and excluding consumed items happen inside the vector query.
+
+An item point carries, besides its vector, what a user vector reads of it (``user_features``: the trained user
+tower's per-item input, stored as base64 of float32 so it round-trips exactly and decodes in microseconds; absent
+for the text-propagation model, whose users read the item vectors). A user point carries the user's state
+(``recent`` items with times, ``counts``, ``consumed``), from which the query API composes the user's vector when
+asked (``vectorstore/compose.py``); its stored vector is zero.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import threading
 import time
@@ -14,6 +21,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,11 +49,14 @@ class ItemPoint:
     vector: np.ndarray
     model_version: str
     updated_at: float
+    user_features: np.ndarray | None = None
+    """What a user vector reads of this item (``VectorModel.user_features``); None: its vector."""
 
 
 @dataclass(frozen=True)
 class UserPoint:
-    """A user's vector, what they consumed (excluded from their recommendations), and when."""
+    """A user's state (what their vector is composed from at query time), what they consumed (excluded from
+    their recommendations), and when; ``vector`` is what the store holds (zero when composed at query time)."""
 
     user_id: str
     vector: np.ndarray
@@ -56,6 +67,12 @@ class UserPoint:
     counts: dict[str, int] = field(default_factory=dict)
     consumed_points: list[str] | None = None
     """The point ids of ``consumed`` as stored with the user (computed once, when the user is written)."""
+    recent: dict[str, list[list[Any]]] = field(default_factory=dict)
+    """The state's recent items per type, ``[[item_id, ts], ...]`` oldest first (``models.graph.UserState``)."""
+
+    def state(self) -> dict[str, Any]:
+        """The user's state as the user tower reads it (``recent`` and ``counts`` of a ``UserState``)."""
+        return {"recent": self.recent, "counts": self.counts}
 
     def excluded_points(self) -> list[str]:
         """The point ids to leave out of the user's recommendations."""
@@ -150,6 +167,12 @@ class VectorStore(ABC):
         """A user with their vector, or None."""
 
     @abstractmethod
+    def item_inputs(self, item_ids: Sequence[str], features: bool) -> dict[str, tuple[str, np.ndarray]]:
+        """What user vectors read of the stored items among ``item_ids``: ``{item_id: (item_type, row)}``, the row
+        being the item's ``user_features`` when ``features`` (items stored without them are left out), else its
+        vector. Reads only those fields."""
+
+    @abstractmethod
     def search(
         self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = (),
         exclude_points: Iterable[str] = (),
@@ -171,15 +194,34 @@ class VectorStore(ABC):
         """Release the store."""
 
 
+HIT_FIELDS = ["item_id", "item_type", "title"]
+"""The payload fields a search hit reads."""
+INPUT_FIELDS = ["item_id", "item_type", "user_features"]
+"""The payload fields :meth:`VectorStore.item_inputs` reads."""
+
+
+def encode_floats(values: np.ndarray) -> str:
+    """float32 values as base64 text (exact, compact, and one JSON string instead of a list of numbers)."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_floats(text: str) -> np.ndarray:
+    """The inverse of :func:`encode_floats`."""
+    return np.frombuffer(base64.b64decode(text), dtype="<f4")
+
+
 def item_payload(point: ItemPoint) -> dict[str, object]:
     """The payload stored with an item."""
-    return {
+    payload: dict[str, object] = {
         "item_id": point.item_id,
         "item_type": point.item_type,
         "title": point.title,
         "model_version": point.model_version,
         "updated_at": point.updated_at,
     }
+    if point.user_features is not None:
+        payload["user_features"] = encode_floats(point.user_features)
+    return payload
 
 
 def user_payload(point: UserPoint) -> dict[str, object]:
@@ -192,6 +234,7 @@ def user_payload(point: UserPoint) -> dict[str, object]:
         "consumed": point.consumed,
         "consumed_points": point.excluded_points(),
         "counts": point.counts,
+        "recent": point.recent,
     }
 
 
@@ -204,7 +247,20 @@ def item_from(payload: dict[str, object], vector: Sequence[float]) -> ItemPoint:
         vector=np.asarray(vector, dtype=np.float32),
         model_version=str(payload.get("model_version", "")),
         updated_at=float(payload.get("updated_at", 0.0)),  # type: ignore[arg-type]
+        user_features=decode_floats(str(features)) if (features := payload.get("user_features")) else None,
     )
+
+
+def inputs_from(payload: dict[str, object], vector: Sequence[float] | None, features: bool
+                ) -> tuple[str, str, np.ndarray] | None:
+    """``(item_id, item_type, row)`` for :meth:`VectorStore.item_inputs` from a stored item, or None when the
+    row asked for is not stored."""
+    if features:
+        text = payload.get("user_features")
+        row = decode_floats(str(text)) if text else None
+    else:
+        row = None if vector is None else np.asarray(vector, dtype=np.float32)
+    return None if row is None else (str(payload["item_id"]), str(payload["item_type"]), row)
 
 
 def user_from(payload: dict[str, object], vector: Sequence[float]) -> UserPoint:
@@ -218,6 +274,7 @@ def user_from(payload: dict[str, object], vector: Sequence[float]) -> UserPoint:
         consumed=list(payload.get("consumed", [])),  # type: ignore[call-overload]
         counts=dict(payload.get("counts", {})),  # type: ignore[call-overload]
         consumed_points=list(points) if isinstance(points := payload.get("consumed_points"), list) else None,
+        recent=dict(payload.get("recent", {})),  # type: ignore[call-overload]
     )
 
 

@@ -23,12 +23,15 @@ import numpy as np
 import qdrant_edge as q
 
 from vectorstore.base import (
+    HIT_FIELDS,
+    INPUT_FIELDS,
     Hit,
     ItemPoint,
     UserPoint,
     VectorStore,
     excluded_point_ids,
     hit_from,
+    inputs_from,
     item_from,
     item_payload,
     item_point_id,
@@ -157,6 +160,19 @@ class EdgeStore(VectorStore):
         found = self.users.retrieve([user_point_id(user_id)], with_payload=True, with_vector=True)
         return user_from(found[0].payload or {}, _dense(found[0].vector)) if found else None
 
+    def item_inputs(self, item_ids: Sequence[str], features: bool) -> dict[str, tuple[str, np.ndarray]]:
+        if not item_ids:
+            return {}
+        found = self.items.retrieve([item_point_id(i) for i in item_ids],
+                                    with_payload=INPUT_FIELDS if features else HIT_FIELDS[:2],
+                                    with_vector=not features)
+        out = {}
+        for point in found:
+            got = inputs_from(point.payload or {}, None if features else _dense(point.vector), features)
+            if got is not None:
+                out[got[0]] = got[1:]
+        return out
+
     def search(
         self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = (),
         exclude_points: Iterable[str] = (),
@@ -179,14 +195,15 @@ class EdgeStore(VectorStore):
                 break
             limit = min(limit * 4, k + len(excluded))
         kept = kept[:k]
-        payloads = {str(r.id): r.payload or {} for r in self.items.retrieve([p.id for p in kept], with_payload=True,
-                                                                             with_vector=False)}
+        read = self.items.retrieve([p.id for p in kept], with_payload=HIT_FIELDS, with_vector=False)
+        payloads = {str(r.id): r.payload or {} for r in read}
         return [hit_from(payloads[str(p.id)], p.score) for p in kept if str(p.id) in payloads]
 
     def _query(self, query: q.Query, limit: int, where: q.Filter, with_payload: bool) -> list[q.ScoredPoint]:
         ef = self.hnsw_ef
         params = q.SearchParams(exact=True) if ef is None else q.SearchParams(hnsw_ef=max(ef, limit))
-        return self.items.query(q.QueryRequest(limit=limit, query=query, filter=where, with_payload=with_payload,
+        return self.items.query(q.QueryRequest(limit=limit, query=query, filter=where,
+                                               with_payload=HIT_FIELDS if with_payload else False,
                                                params=params))
 
     def unindexed_items(self) -> int:

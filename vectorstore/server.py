@@ -9,12 +9,15 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as m
 
 from vectorstore.base import (
+    HIT_FIELDS,
+    INPUT_FIELDS,
     Hit,
     ItemPoint,
     UserPoint,
     VectorStore,
     excluded_point_ids,
     hit_from,
+    inputs_from,
     item_from,
     item_payload,
     item_point_id,
@@ -86,6 +89,19 @@ class ServerStore(VectorStore):
         found = self.client.retrieve(self.users, [user_point_id(user_id)], with_payload=True, with_vectors=True)
         return user_from(found[0].payload or {}, found[0].vector) if found else None  # type: ignore[arg-type]
 
+    def item_inputs(self, item_ids: Sequence[str], features: bool) -> dict[str, tuple[str, np.ndarray]]:
+        if not item_ids:
+            return {}
+        found = self.client.retrieve(self.items, [item_point_id(i) for i in item_ids],
+                                     with_payload=INPUT_FIELDS if features else HIT_FIELDS[:2],
+                                     with_vectors=not features)
+        out = {}
+        for point in found:
+            got = inputs_from(point.payload or {}, None if features else point.vector, features)  # type: ignore[arg-type]
+            if got is not None:
+                out[got[0]] = got[1:]
+        return out
+
     def search(
         self, vector: np.ndarray, k: int, item_type: str | None = None, exclude: Iterable[str] = (),
         exclude_points: Iterable[str] = (),
@@ -100,7 +116,7 @@ class ServerStore(VectorStore):
             query=vector.tolist(),
             query_filter=m.Filter(must=must or None, must_not=must_not or None),
             limit=k,
-            with_payload=True,
+            with_payload=HIT_FIELDS,
         )
         return [hit_from(p.payload or {}, p.score) for p in result.points]
 

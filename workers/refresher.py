@@ -1,18 +1,22 @@
-"""The refresher: refresh requests in, fresh vectors out.
+"""The refresher: refresh requests in, fresh item vectors and user states out.
 
 It reads three topics in micro-batches (at most ``batch_max`` records, at most ``wait_ms`` of waiting):
 the catalogue (text to embed), item updates (an item's adjacency changed) and user updates (a user's history
-changed). It keeps a :class:`~models.embedding.LiveGraph` mirror of them and every user's latest state, asks the
-:class:`VectorModel` for the vectors of what changed, and upserts them.
+changed). It keeps a :class:`~models.embedding.LiveGraph` mirror of them, asks the :class:`VectorModel` for the
+vectors of what changed, and upserts them.
 
 **What a change refreshes.** A changed text or adjacency moves the vectors of the items that read it
-(:meth:`LiveGraph.affected`, by the model's number of hops), and a moved item vector moves the users whose recent
-history holds it. Direct changes (the items and users named by the batch's records) are refreshed in the same
-micro-batch, items first so that users see fresh item vectors. The indirect ones (the frontier: followers of a
-changed item, users of a moved item) wait in ordered pending sets and are drained at most
-``dependents_per_batch`` at a time, so that a hub's change (thousands of followers) never delays fresh events.
-Once the input is idle and the frontier empty, every stored vector is what the model computes from the final graph
-and states, whatever the batch boundaries were: a restarted refresher converges to the same vectors.
+(:meth:`LiveGraph.affected`, by the model's number of hops); each refreshed item is stored with its vector and what
+a user vector reads of it (:meth:`VectorModel.user_features`). A user update stores the user's state (recent items
+with times, counts, consumed) with no model call: user vectors are composed at query time from the state and the
+stored item inputs (``vectorstore/compose.py``), so a moved item moves no stored user vector and users never wait
+in a frontier; :class:`RefresherLoop` reads user updates in a thread of their own, so a state is written within a
+poll of its arrival, whatever an item refresh costs. Direct changes (the items named by the batch's records) are
+refreshed in the same micro-batch. The indirect ones (the frontier: followers of a changed item) wait in an ordered
+pending set and are drained at most ``dependents_per_batch`` at a time, so that a hub's change (thousands of
+followers) never delays fresh events. Once the input is idle and the frontier empty, every stored item vector and
+input is what the model computes from the final graph, and every stored state the user's latest, whatever the batch
+boundaries were: a restarted refresher converges to the same store.
 
 On start it reads the three topics from the beginning: they are the mirror's changelog (compacted by key on a
 real Kafka), so a restarted refresher rebuilds the same state. Until it has read what the topics held when it
@@ -23,7 +27,7 @@ idempotent, so replaying is safe.
 **Replicas.** ``refresher.replicas`` refreshers share the work by Kafka partition (:class:`Ownership`): replica ``r``
 owns the users and items whose partition (Kafka's murmur2 partitioner, as every keyed topic routes them) is ``r``
 modulo ``replicas``. Each replica reads the whole catalogue and item-updates topics, since an item's vector reads
-its neighbours' and a user's reads any item's, but only its own partitions of user-updates, and upserts only its
+its neighbours', but only its own partitions of user-updates, and upserts only its
 own items and users; together they write what one refresher writes.
 
 **Faults.** A record that cannot be decoded goes to the dead-letter topic with its reason. A vector store
@@ -44,7 +48,6 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from models.embedding import LiveGraph, VectorModel
-from models.graph import UserState
 from models.text import TextEncoder, item_text
 from monitoring.lag import refresher_group
 from monitoring.metrics import RefresherMetrics
@@ -79,6 +82,10 @@ class Changes:
     items: dict[str, ItemUpdate] = field(default_factory=dict)
     users: dict[str, UserUpdate] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
+    origins: dict[str, float] = field(default_factory=dict)
+    """Per updated item, the earliest event time (unix seconds) behind its update, when known (the item-update
+    record's Kafka timestamp): event -> item vector latency is measured from it, for the item and the frontier
+    it reaches."""
 
 
 def collect(records: Iterable[Record], kafka: KafkaSettings) -> Changes:
@@ -161,11 +168,8 @@ class Refresher:
         self.stop = stop or threading.Event()
         self.ownership = ownership or Ownership()
         self.graph = LiveGraph(text_dim=encoder.dim, vector_dim=model.dim)
-        self.users: dict[str, UserUpdate] = {}
-        self.item_users: dict[str, set[str]] = {}
-        """Per item, the users whose recent history (what their vector reads) holds it."""
-        self.pending_items: dict[str, None] = {}
-        self.pending_users: dict[str, None] = {}
+        self.pending_items: dict[str, float] = {}
+        """The frontier, in order: per item, the earliest event time behind its pending refresh (0: unknown)."""
         self.degraded: str | None = None
         """Why the last vector store call failed, while it is being retried; None when healthy."""
         self._retry("ensure", lambda: self.store.ensure(model.dim))
@@ -175,14 +179,14 @@ class Refresher:
     @property
     def idle(self) -> bool:
         """No frontier left to drain."""
-        return not self.pending_items and not self.pending_users
+        return not self.pending_items
 
     def apply(self, changes: Changes, now: float | None = None, defer: bool = False) -> None:
         """Refresh and upsert everything ``changes`` touches, then drain part of the frontier.
 
-        With ``defer`` (a restarted refresher reading its topics' history), ``changes`` only update the graph and
-        the users, and everything they touch joins the frontier: the model computes once, when the frontier is
-        drained, instead of once per historical micro-batch.
+        User states are written at once (no model call). With ``defer`` (a restarted refresher reading its
+        topics' history), ``changes`` only update the graph, and the items they touch join the frontier: the model
+        computes once, when the frontier is drained, instead of once per historical micro-batch.
         """
         started = time.perf_counter()
         text_changed: set[str] = set()
@@ -197,55 +201,39 @@ class Refresher:
             self.graph.set_adjacency(update.item_id, update.item_type, update.adjacency)
             adjacency_changed.add(update.item_id)
         direct_items = text_changed | adjacency_changed
+        origin = min(changes.origins.values(), default=0.0)
         for item_id in self.graph.affected(adjacency_changed, text_changed, self.model.hops) - direct_items:
-            self.pending_items[item_id] = None
-        if self.ownership.replicas > 1:  # another replica's users (the loop reads only this one's partitions)
-            changes.users = {k: u for k, u in changes.users.items() if self.ownership.owns(k)}
-        for update in changes.users.values():
-            self._remember(update)
-            self.pending_users.pop(update.user_id, None)
+            self.pending_items[item_id] = _earliest(self.pending_items.get(item_id, 0.0), origin)
+        self.write_users(changes, now)
         if defer:
-            self.pending_items.update(dict.fromkeys(sorted(direct_items)))
-            self.pending_users.update(dict.fromkeys(changes.users))
+            for item_id in sorted(direct_items):
+                self.pending_items[item_id] = _earliest(self.pending_items.get(item_id, 0.0),
+                                                        changes.origins.get(item_id, 0.0))
             self.metrics.pending.labels("item").set(len(self.pending_items))
-            self.metrics.pending.labels("user").set(len(self.pending_users))
             return
 
-        items = sorted(direct_items) + self._take(self.pending_items, self.batch.dependents_per_batch, direct_items)
+        origins = {i: _earliest(self.pending_items.get(i, 0.0), changes.origins.get(i, 0.0)) for i in direct_items}
+        origins.update(self._take(self.pending_items, self.batch.dependents_per_batch, direct_items))
+        items = sorted(direct_items) + [i for i in origins if i not in direct_items]
         if items:
-            self._refresh_items(items)
-        users = list(changes.users.values())
-        for user_id in self._take(self.pending_users, self.batch.dependents_per_batch, changes.users.keys()):
-            users.append(self.users[user_id])
-        if users:
-            self._refresh_users(users, direct=len(changes.users), now=now)
+            self._refresh_items(items, origins)
         self.metrics.batches.inc()
         self.metrics.catalog_items.set(len(self.graph))
         self.metrics.pending.labels("item").set(len(self.pending_items))
-        self.metrics.pending.labels("user").set(len(self.pending_users))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     @staticmethod
-    def _take(pending: dict[str, None], limit: int, skip: Iterable[str]) -> list[str]:
+    def _take(pending: dict[str, float], limit: int, skip: Iterable[str]) -> dict[str, float]:
         for key in skip:
             pending.pop(key, None)
-        taken: list[str] = []
-        for key in pending:
+        taken: dict[str, float] = {}
+        for key, origin in pending.items():
             if len(taken) >= limit:
                 break
-            taken.append(key)
+            taken[key] = origin
         for key in taken:
             del pending[key]
         return taken
-
-    def _remember(self, update: UserUpdate) -> None:
-        old = self.users.get(update.user_id)
-        if old is not None:
-            for item_id in _history(old.state):
-                self.item_users.get(item_id, set()).discard(update.user_id)
-        for item_id in _history(update.state):
-            self.item_users.setdefault(item_id, set()).add(update.user_id)
-        self.users[update.user_id] = update
 
     def _retry(self, what: str, call: Callable[[], Any]) -> Any:
         """Run a vector store call, retrying with exponential backoff until it succeeds (or :attr:`stop`)."""
@@ -267,51 +255,77 @@ class Refresher:
                 self.degraded = None
             return result
 
-    def _refresh_items(self, item_ids: list[str]) -> None:
+    def _refresh_items(self, item_ids: list[str], origins: dict[str, float]) -> None:
         rows = [self.graph.rows[i] for i in item_ids]
         vectors = self.model.item_vectors(rows, self.graph)
         keep = np.linalg.norm(vectors, axis=1) > 0  # items with neither text nor known neighbours wait
         rows_kept = [r for r, k in zip(rows, keep, strict=True) if k]
         self.graph.set_vectors(rows_kept, vectors[keep])
+        features = self.model.user_features(rows_kept, self.graph)
         now = time.time()
         points = [
             ItemPoint(self.graph.ids[r], self.graph.types[r], self.graph.titles[r] or self.graph.ids[r], v,
-                      self.model.version, now)
-            for r, v in zip(rows_kept, vectors[keep], strict=True)
+                      self.model.version, now, None if features is None else features[k])
+            for k, (r, v) in enumerate(zip(rows_kept, vectors[keep], strict=True))
         ]
         mine = [p for p in points if self.ownership.owns(p.item_id)]  # every vector computed, own ones written
         self._retry("upsert", lambda: self.store.upsert_items(mine))
-        for point in points:  # their users read them: refresh those too (the frontier)
-            for user_id in self.item_users.get(point.item_id, ()):
-                self.pending_users[user_id] = None
+        done = time.time()
+        for point in mine:  # event -> item vector, for the items an event changed and the frontier it reached
+            if origins.get(point.item_id, 0.0) > 0:
+                self.metrics.item_freshness_seconds.observe(max(0.0, done - origins[point.item_id]))
         self.items_refreshed += len(mine)
         self.metrics.upserts.labels("item").inc(len(mine))
 
-    def _refresh_users(self, updates: list[UserUpdate], direct: int, now: float | None) -> None:
-        states: list[UserState] = [u.state for u in updates]
-        vectors = self.model.user_vectors(states, self.graph)
+    def write_users(self, changes: Changes, now: float | None = None) -> None:
+        """Store the states of ``changes.users`` (this replica's), with no model call: the next query composes
+        each user's vector from it (``RefresherLoop`` calls this from its users' thread, as updates arrive)."""
+        if self.ownership.replicas > 1:  # another replica's users (the loop reads only this one's partitions)
+            changes.users = {k: u for k, u in changes.users.items() if self.ownership.owns(k)}
+        if changes.users:
+            self._write_users(list(changes.users.values()), now)
+
+    def _write_users(self, updates: list[UserUpdate], now: float | None) -> None:
         stamp = time.time()
+        zero = np.zeros(self.model.dim, dtype=np.float32)  # composed at query time, not stored
         points = [
-            UserPoint(u.user_id, v, self.model.version, stamp, u.event_ts, list(u.state["consumed"]),
-                      dict(u.state["counts"]))
-            for u, v in zip(updates, vectors, strict=True)
-            if np.linalg.norm(v) > 0
+            UserPoint(u.user_id, zero, self.model.version, stamp, u.event_ts, list(u.state["consumed"]),
+                      dict(u.state["counts"]), recent=u.state["recent"])
+            for u in updates
         ]
         self._retry("upsert", lambda: self.store.upsert_users(points))
         done = time.time() if now is None else now
-        for update in updates[:direct]:  # freshness is measured on the users whose events arrived
+        for update in updates:  # the next query composes from this state: the user's vector is fresh
             if update.event_ts > 0:
                 self.metrics.freshness_seconds.observe(max(0.0, done - update.event_ts))
         self.users_refreshed += len(points)
         self.metrics.upserts.labels("user").inc(len(points))
 
 
-def _history(state: UserState) -> list[str]:
-    return [item_id for rows in state["recent"].values() for item_id, _ in rows]
+def item_origins(polled: dict[Any, list[Any]], topic: str) -> dict[str, float]:
+    """Per item of the polled item-update records, the earliest Kafka timestamp (unix seconds): the stream sets
+    it to the earliest event time of the micro-batch that changed the item."""
+    out: dict[str, float] = {}
+    for tp, batch in polled.items():
+        if tp.topic == topic:
+            for record in batch:
+                if record.key and record.timestamp and record.timestamp > 0:
+                    key = record.key.decode("utf-8", "replace")
+                    out[key] = _earliest(out.get(key, 0.0), record.timestamp / 1000.0)
+    return out
+
+
+def _earliest(a: float, b: float) -> float:
+    """The earlier of two event times, 0 meaning unknown."""
+    return min(a, b) if a > 0 and b > 0 else max(a, b)
 
 
 class RefresherLoop:
     """Feeds a :class:`Refresher` from Kafka until stopped; run it in a thread with :meth:`start`.
+
+    Two consumers, two threads: the items' (catalogue and item updates: the model's work, up to seconds per
+    micro-batch on a dense graph) and the users' (user updates: states written as they arrive, no model call), so
+    that a user's fresh state never waits behind an item refresh.
 
     Args:
         refresher: what applies the records.
@@ -327,59 +341,92 @@ class RefresherLoop:
         self.stop_event = refresher.stop
         self.caught_up = threading.Event()
         """Set once the refresher has read everything that was in its topics when it started."""
+        self._users_caught_up = threading.Event()
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._users_thread: threading.Thread | None = None
 
-    def _consumer(self) -> tuple[KafkaConsumer, dict[TopicPartition, int]]:
+    def _consumer(self, names: tuple[str, ...]) -> tuple[KafkaConsumer, dict[TopicPartition, int]]:
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, client_id="gfm-refresher",
                                  fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
                                  # commits only so that its lag can be read from Kafka (monitoring/lag.py)
                                  group_id=refresher_group(self.kafka.topic_prefix), enable_auto_commit=True,
                                  auto_commit_interval_ms=1000)
         partitions = []
-        for name in ("catalog", "item-updates", "user-updates"):
+        for name in names:
             topic = self.kafka.topic(name)
             found = consumer.partitions_for_topic(topic) or set()
             partitions += [TopicPartition(topic, p) for p in sorted(found)
                            if name != "user-updates" or self.refresher.ownership.partition(p)]
         if not partitions:
+            consumer.close()
             raise RuntimeError("the refresher's topics do not exist yet: run `gfm up` or create them first")
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         return consumer, consumer.end_offsets(partitions)
 
+    def _collect(self, polled: dict[Any, list[Any]]) -> tuple[Changes, int]:
+        records: list[Record] = [
+            (tp.topic, r.value, tp.partition, r.offset) for tp, batch in polled.items() for r in batch
+        ]
+        changes = collect(records, self.kafka)
+        if changes.dead and self.dead_letters is not None:
+            self.dead_letters(changes.dead)
+        return changes, len(records)
+
     def run(self) -> None:
-        """Poll, collect, apply, until :attr:`stop_event` is set."""
-        consumer, targets = self._consumer()
+        """Poll, collect, apply, until :attr:`stop_event` is set: items in this thread, users in another."""
+        self._users_thread = threading.Thread(target=self._guarded, args=(self.run_users,), name="refresher-users",
+                                              daemon=True)
+        self._users_thread.start()
+        consumer, targets = self._consumer(("catalog", "item-updates"))
         settings = self.refresher.batch
         try:
             while not self.stop_event.is_set():
                 polled = consumer.poll(timeout_ms=0 if not self.refresher.idle else settings.wait_ms,
                                        max_records=settings.batch_max)
-                records: list[Record] = [
-                    (tp.topic, r.value, tp.partition, r.offset) for tp, batch in polled.items() for r in batch
-                ]
-                if records or not self.refresher.idle:
-                    changes = collect(records, self.kafka)
-                    if changes.dead and self.dead_letters is not None:
-                        self.dead_letters(changes.dead)
+                if polled or not self.refresher.idle:
+                    changes, count = self._collect(polled)
+                    changes.origins = item_origins(polled, self.kafka.topic("item-updates"))
                     # the topics' history (before caught up) only builds the state; vectors follow once
-                    self.refresher.apply(changes, defer=bool(records) and not self.caught_up.is_set())
+                    self.refresher.apply(changes, defer=bool(count) and not self.caught_up.is_set())
                 self.refresher.metrics.observe_batch(self.refresher, polled)  # monitoring only
-                if not self.caught_up.is_set() and all(
+                if not self.caught_up.is_set() and self._users_caught_up.is_set() and all(
                     consumer.position(tp) >= end for tp, end in targets.items()
                 ):
                     log.info("refresher caught up: %d items known", len(self.refresher.graph))
                     self.caught_up.set()
         finally:
             consumer.close()
+            self._users_thread.join(10)
 
-    def _run_guarded(self) -> None:
+    def run_users(self) -> None:
+        """Write the users' states as their updates arrive (no model call), until :attr:`stop_event` is set."""
+        consumer, targets = self._consumer(("user-updates",))
+        settings = self.refresher.batch
         try:
-            self.run()
-        except BaseException as error:  # surfaced through .error and /healthz
+            while not self.stop_event.is_set():
+                polled = consumer.poll(timeout_ms=settings.wait_ms, max_records=settings.batch_max)
+                if polled:
+                    changes, _ = self._collect(polled)
+                    self.refresher.write_users(changes)
+                if not self._users_caught_up.is_set() and all(
+                    consumer.position(tp) >= end for tp, end in targets.items()
+                ):
+                    self._users_caught_up.set()
+        finally:
+            consumer.close()
+
+    def _guarded(self, run: Callable[[], None]) -> None:
+        try:
+            run()
+        except BaseException as error:  # surfaced through .error and /healthz; the other thread stops too
             self.error = error
             log.exception("refresher stopped")
+            self.stop_event.set()
+
+    def _run_guarded(self) -> None:
+        self._guarded(self.run)
 
     def start(self) -> RefresherLoop:
         """Run in a daemon thread."""
@@ -395,8 +442,9 @@ class RefresherLoop:
 
     @property
     def alive(self) -> bool:
-        """Whether the loop's thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the loop's threads run."""
+        return (self._thread is not None and self._thread.is_alive() and self._users_thread is not None
+                and self._users_thread.is_alive())
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` says about the refresher: ``ok`` false when it stopped or the store is failing."""
@@ -412,7 +460,6 @@ class RefresherLoop:
                 "error": None if self.error is None else str(self.error),
                 "degraded": refresher.degraded,
                 "pending_items": len(refresher.pending_items),
-                "pending_users": len(refresher.pending_users),
                 "items_refreshed": refresher.items_refreshed,
                 "users_refreshed": refresher.users_refreshed,
             },

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from models.embedding import TextPropagationModel, VectorModel
+from models.embedding import TextPropagationModel, UserComposer, VectorModel
 from models.text import TextEncoder, make_encoder
 from monitoring.lag import register_lag
 from monitoring.metrics import RefresherMetrics, StoreMetrics, StreamMetrics, register_process
@@ -63,6 +63,16 @@ def build_model(settings: Settings, encoder: TextEncoder) -> VectorModel:
     from models.serving import TrainedModel
 
     return TrainedModel(settings.model.dir, encoder.name)
+
+
+def build_composer(settings: Settings) -> UserComposer:
+    """The served model's user side, for an API without a refresher in its process: the user tower alone of
+    ``model.dir`` (no HGNN, no text encoder), or text propagation's mean of item vectors."""
+    if settings.model.kind == "gfm" and settings.model.dir is not None:
+        from models.serving import UserTower
+
+        return UserTower.load(settings.model.dir)
+    return build_model(settings, build_encoder(settings)).composer
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -168,15 +178,19 @@ def attach_monitoring(app: FastAPI, settings: Settings, registry: CollectorRegis
 
 
 def build_api(settings: Settings, store: VectorStore, sink: ApiSink | None, registry: CollectorRegistry,
-              health: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
-    """The HTTP API with the bounds of ``settings.api``."""
+              health: Callable[[], dict[str, Any]] | None = None, composer: UserComposer | None = None) -> FastAPI:
+    """The HTTP API with the bounds of ``settings.api``, composing user vectors with ``composer`` (the served
+    model's user side, :func:`build_composer`; the live stack always passes one). Without one it serves the vector
+    stored with each user (the query benchmarks' synthetic users)."""
     from vectorstore.api import ApiLimits, create_api
+    from vectorstore.compose import ComposedUsers
 
     api = settings.api
     limits = ApiLimits(max_k=api.max_k, max_body_bytes=api.max_body_bytes, max_batch=api.max_batch, ts_min=api.ts_min,
                        ts_future_s=api.ts_future_s, ingest_threads=api.ingest_threads,
                        ingest_in_flight=api.ingest_in_flight)
-    return create_api(store, sink, registry, health=health, limits=limits)
+    users = ComposedUsers(store, composer) if composer is not None else None
+    return create_api(store, sink, registry, health=health, limits=limits, users=users)
 
 
 def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
@@ -189,12 +203,13 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     store = build_store(settings)
     embedded = not settings.qdrant.url
     loop = start_refresher(settings, store, registry) if (with_refresher or embedded) else None
+    composer = loop.refresher.model.composer if loop is not None else build_composer(settings)
     if loop is None:
-        store.ensure(build_model(settings, build_encoder(settings)).dim)
+        store.ensure(composer.dim)
     producer = make_producer(settings.kafka)
     sink = EventSink(producer, settings.kafka)
 
-    app = build_api(settings, store, sink, registry, loop.health if loop is not None else None)
+    app = build_api(settings, store, sink, registry, loop.health if loop is not None else None, composer)
     dashboard = attach_monitoring(app, settings, registry, store, separate_refresher=loop is None)
     store.optimize(settings.qdrant.index_min_unindexed)  # before serving: qdrant-edge's indexing holds the GIL
     try:

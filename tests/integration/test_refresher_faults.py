@@ -1,5 +1,6 @@
-"""The refresher on real parts: killed mid-stream it converges to the vectors of a clean run; a vector store outage
-is retried, reported by /healthz, and every vector is current afterwards."""
+"""The refresher on real parts: killed mid-stream it converges to the vectors of a clean run (item vectors, and the
+user vectors composed from the stored states and item vectors); a vector store outage is retried, reported by
+/healthz, and every vector is current afterwards."""
 
 import signal
 import threading
@@ -16,6 +17,7 @@ from monitoring.metrics import RefresherMetrics
 from tests.conftest import make_settings
 from tests.integration.test_faults import synthetic_events
 from vectorstore.api import create_api
+from vectorstore.compose import ComposedUsers
 from vectorstore.edge import EdgeStore
 from vectorstore.server import ServerStore
 from workers.kafka_io import EventSink, make_producer, publish_catalog
@@ -28,9 +30,17 @@ pytestmark = pytest.mark.integration
 CATALOG = generate(users=150, items_per_type=60, seed=13).items
 
 
+USERS = sorted({e.user_id for e in synthetic_events()})
+
+
+def _model(settings) -> TextPropagationModel:
+    encoder = build_encoder(settings)
+    return TextPropagationModel(encoder.name, encoder.dim)
+
+
 def _loop(settings, store) -> RefresherLoop:
     encoder = build_encoder(settings)
-    model = TextPropagationModel(encoder.name, encoder.dim)
+    model = _model(settings)
     refresher = Refresher(store, model, encoder, RefresherMetrics.create(CollectorRegistry()), settings.refresher)
     return RefresherLoop(refresher, settings.kafka).start()
 
@@ -55,14 +65,16 @@ def _clean_run(settings) -> tuple[dict, dict]:
     try:
         _settle(lambda: (loop.caught_up.is_set(), loop.refresher.idle, loop.refresher.items_refreshed,
                          loop.refresher.users_refreshed))
-        return _vectors(loop.refresher.store, loop.refresher.graph.ids, list(loop.refresher.users))
+        return _vectors(loop.refresher.store, loop.refresher.graph.ids, USERS, loop.refresher.model.composer)
     finally:
         loop.stop()
 
 
-def _vectors(store, item_ids, user_ids):
+def _vectors(store, item_ids, user_ids, composer):
+    """Stored item vectors, and user vectors as the API composes them from the stored states."""
     items = {i: p.vector for i in item_ids if (p := store.get_item(i)) is not None}
-    users = {u: p.vector for u in user_ids if (p := store.get_user(u)) is not None}
+    compose = ComposedUsers(store, composer)
+    users = {u: compose(p).vector for u in user_ids if (p := store.get_user(u)) is not None}
     return items, users
 
 
@@ -110,7 +122,7 @@ def test_refresher_killed_mid_stream_ends_with_the_vectors_of_a_clean_run(tmp_pa
                 return time.monotonic()
             refresher = body.get("refresher", {}) if status == 200 else {}
             return status, refresher.get("items_refreshed"), refresher.get("users_refreshed"), \
-                refresher.get("pending_users")
+                refresher.get("pending_items")
 
         _settle(progress, quiet_s=4.0)
         assert killed and stack.restarts["api"]
@@ -119,7 +131,7 @@ def test_refresher_killed_mid_stream_ends_with_the_vectors_of_a_clean_run(tmp_pa
         stack.processes["api"].wait(30)
         store = EdgeStore(settings.qdrant.path)
         store.ensure(want_items[next(iter(want_items))].shape[0])
-        got_items, got_users = _vectors(store, want_items, want_users)
+        got_items, got_users = _vectors(store, want_items, want_users, _model(settings).composer)
         store.close()
         assert len(want_users) == 150
         _assert_same(got_items, want_items)
@@ -180,7 +192,7 @@ def test_vector_store_outage_is_retried_reported_and_leaves_every_vector_current
         assert loop.alive and loop.error is None
         errors = loop.refresher.metrics.store_errors.labels("upsert")._value.get()
         assert errors >= 3  # retried with backoff, not once per batch and not in a tight loop
-        got = _vectors(store, loop.refresher.graph.ids, list(loop.refresher.users))
+        got = _vectors(store, loop.refresher.graph.ids, USERS, loop.refresher.model.composer)
         want = _clean_run(settings)
         _assert_same(got[0], want[0])
         _assert_same(got[1], want[1])

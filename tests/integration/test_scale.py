@@ -117,7 +117,8 @@ def test_two_refresher_replicas_write_the_vectors_of_one_refresher(tmp_path):
     from prometheus_client import CollectorRegistry
 
     from streams.agents import partition_for
-    from tests.integration.test_refresher_faults import _assert_same, _settle, _stream, _vectors
+    from tests.integration.test_refresher_faults import USERS, _assert_same, _model, _settle, _stream, _vectors
+    from tests.unit.test_refresher_replicas import RecordingStore
     from vectorstore.edge import EdgeStore
     from vectorstore.server import ServerStore
     from workers.services import start_refresher
@@ -126,8 +127,9 @@ def test_two_refresher_replicas_write_the_vectors_of_one_refresher(tmp_path):
     stack = Stack(settings, services=("streams",))
     stack.start()
     store = EdgeStore(tmp_path / "shared-store")
+    clients = [RecordingStore(store) for _ in range(2)]  # one client per replica, all on the one store
     replicas = [start_refresher(settings.model_copy(update={"refresher": settings.refresher.model_copy(
-        update={"replicas": 2, "replica": r})}), store, CollectorRegistry()) for r in range(2)]
+        update={"replicas": 2, "replica": r})}), clients[r], CollectorRegistry()) for r in range(2)]
     alone = None
     try:
         _stream(settings, synthetic_events(), rate=1000, during=lambda _: stack.check())
@@ -136,16 +138,18 @@ def test_two_refresher_replicas_write_the_vectors_of_one_refresher(tmp_path):
         alone = start_refresher(settings, ServerStore(":memory:"), CollectorRegistry())
         _settle(lambda: (alone.caught_up.is_set(), alone.refresher.idle, alone.refresher.items_refreshed,
                          alone.refresher.users_refreshed))
-        want_items, want_users = _vectors(alone.refresher.store, alone.refresher.graph.ids, list(alone.refresher.users))
+        composer = _model(settings).composer
+        want_items, want_users = _vectors(alone.refresher.store, alone.refresher.graph.ids, USERS, composer)
         assert len(want_users) == 150 and len(want_items) > 100
-        for replica, loop in enumerate(replicas):
+        for replica, (loop, client) in enumerate(zip(replicas, clients, strict=True)):
             assert loop.alive and loop.error is None
-            owned = loop.refresher.users.keys()
+            owned = client.users
             assert owned and all(partition_for(u, settings.kafka.partitions) % 2 == replica for u in owned)
+            assert all(partition_for(i, settings.kafka.partitions) % 2 == replica for i in client.items)
             assert loop.refresher.items_refreshed > 0 and loop.refresher.users_refreshed > 0
             assert len(loop.refresher.graph) == len(alone.refresher.graph)  # each reads the whole graph
-        assert sum(len(loop.refresher.users) for loop in replicas) == len(want_users)
-        got_items, got_users = _vectors(store, want_items, want_users)
+        assert not clients[0].users & clients[1].users and clients[0].users | clients[1].users == set(want_users)
+        got_items, got_users = _vectors(store, want_items, want_users, composer)
         _assert_same(got_items, want_items)
         _assert_same(got_users, want_users)
     finally:

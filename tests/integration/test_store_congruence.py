@@ -110,3 +110,32 @@ def test_reopening_the_edge_store_keeps_points_and_checks_dimensions(tmp_path):
     again.close()
     with pytest.raises(DimensionMismatch, match="16-dim"):
         EdgeStore(tmp_path).ensure(32)
+
+
+def test_item_inputs_and_user_states_round_trip_exactly_on_both_backends(stores):
+    """What query-time composition reads: a user's state, and per item its type and its user-tower features
+    (exact float32, only for the items asked for and stored with them) or its vector."""
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(5, 7)).astype(np.float32)
+    points = [ItemPoint(p.item_id, p.item_type, p.title, p.vector, p.model_version, p.updated_at,
+                        features[k] if k < 4 else None) for k, p in enumerate(_points(rng, n=5))]
+    recent = {"podcast": [["i0", 1.0], ["i3", 2.5]], "show": [["i2", 2.0]]}
+    user = UserPoint("u1", np.zeros(16, dtype=np.float32), "v1", 1.0, 2.0, ["i0", "i2", "i3"],
+                     {"podcast": 2, "show": 1}, recent=recent)
+    for store in stores:
+        store.ensure(16)
+        store.upsert_items(points)
+        store.upsert_users([user])
+        got = store.get_user("u1")
+        assert got.recent == recent and got.state() == {"recent": recent, "counts": {"podcast": 2, "show": 1}}
+        assert not got.vector.any()
+        inputs = store.item_inputs(["i3", "i0", "i4", "missing"], features=True)
+        assert set(inputs) == {"i0", "i3"}  # i4 has no features, "missing" is not stored
+        assert inputs["i3"][0] == "podcast" and inputs["i0"][0] == "podcast"
+        np.testing.assert_array_equal(inputs["i3"][1], features[3])
+        np.testing.assert_array_equal(store.get_item("i1").user_features, features[1])
+        vectors = store.item_inputs(["i4", "i1"], features=False)
+        assert {k: v[0] for k, v in vectors.items()} == {"i4": "audiobook", "i1": "audiobook"}
+        expected = points[4].vector / np.linalg.norm(points[4].vector)  # a cosine store keeps unit vectors
+        np.testing.assert_allclose(vectors["i4"][1], expected, atol=1e-6)
+        assert store.item_inputs([], features=True) == {}

@@ -306,3 +306,32 @@ def test_healthz_says_degraded_when_the_store_is_down(store, sink):
     response = TestClient(create_api(down, sink, CollectorRegistry())).get("/healthz")
     assert response.status_code == 503
     assert response.json()["status"] == "degraded" and "store unreachable" in response.json()["store_error"]
+
+
+def test_recommendations_compose_the_users_vector_from_their_latest_state(store, sink):
+    """With a composer (what the live stack passes), the answer follows the user's stored state: after a new
+    consumption the next answer is ranked by a vector that reads it, and names the composing model."""
+    from models.embedding import TextPropagationModel
+    from vectorstore.compose import ComposedUsers
+
+    composer = TextPropagationModel("test", 3)  # a user is the mean of their recent items' vectors
+    client = TestClient(create_api(store, sink, CollectorRegistry(), users=ComposedUsers(store, composer)))
+    now = time.time()
+    # the stored vector points at space shows, but the state says the user consumed the cooking show
+    store.upsert_users([UserPoint("u2", _vec(1, 0, 0), "v1", now, now, ["p3"], {"podcast": 1},
+                                  recent={"podcast": [["p3", 1.0]]})])
+    body = client.get("/users/u2/recommendations", params={"k": 1}).json()
+    assert body["model_version"] == composer.version
+    assert body["items"][0]["item_id"] == "p2"  # nearest the cooking show, not the space show of the stored vector
+    assert body["items"][0]["score"] == pytest.approx(float(_vec(0.9, 0.1, 0)[1]), abs=1e-5)
+    store.upsert_users([UserPoint("u2", _vec(1, 0, 0), "v1", now, now, ["p3", "a1"], {"podcast": 1, "audiobook": 1},
+                                  recent={"podcast": [["p3", 1.0]], "audiobook": [["a1", 2.0]]})])
+    want = _vec(*(_vec(0, 1, 0) + _vec(0.95, 0.05, 0)) / 2)
+    body = client.get("/users/u2/recommendations", params={"type": "podcast", "k": 2}).json()
+    assert [(i["item_id"], round(i["score"], 5)) for i in body["items"]] == [
+        ("p2", round(float(want @ _vec(0.9, 0.1, 0)), 5)), ("p1", round(float(want @ _vec(1, 0, 0)), 5))]
+    # a state none of whose items is embedded yet: no vector, a 404 that says so
+    store.upsert_users([UserPoint("u3", np.zeros(3, dtype=np.float32), "v1", now, now, ["new"], {"podcast": 1},
+                                  recent={"podcast": [["new", 1.0]]})])
+    response = client.get("/users/u3/recommendations")
+    assert response.status_code == 404 and "none of their items is embedded" in response.json()["detail"]

@@ -11,15 +11,16 @@ from models.evaluate import load_split
 from models.features import Histories, graph_tensors, user_tower_features
 from models.graph import GraphConfig, build_graph
 from models.hgnn import HGNNConfig, embed
-from models.serving import TrainedModel, train_for_serving
+from models.serving import TrainedModel, UserTower, train_for_serving
 from models.synthetic import generate, write_dataset
 from models.text import HashingEncoder
 from models.train import TrainConfig, graph_of, histories_list, text_embeddings
-from models.twotower import TwoTowerConfig, item_vectors, user_vectors
+from models.twotower import TwoTowerConfig, item_vectors, user_item_features, user_vectors
 from monitoring.metrics import RefresherMetrics
 from streams.agents import StreamConfig
 from streams.records import CatalogItem
 from streams.testing import LogHarness
+from vectorstore.compose import ComposedUsers
 from vectorstore.server import ServerStore
 from workers.refresher import Changes, Refresher, collect
 from workers.settings import KafkaSettings, RefresherSettings
@@ -80,11 +81,11 @@ def trained(tmp_path_factory):
     encoder = HashingEncoder(32)
     split = load_split(folder, everything=True)
     directory = train_for_serving(split, encoder, config, tmp_path_factory.mktemp("models"), "parity")
-    return split, config, encoder, TrainedModel(directory, encoder.name)
+    return split, config, encoder, TrainedModel(directory, encoder.name), directory
 
 
 def test_served_vectors_equal_the_training_time_vectors(trained):
-    split, config, encoder, model = trained
+    split, config, encoder, model, directory = trained
     device = torch.device("cpu")
     ids = [i.item_id for i in split.items]
 
@@ -96,7 +97,8 @@ def test_served_vectors_equal_the_training_time_vectors(trained):
                                  typed.weighted_degree(len(ids)))
     histories = histories_list(split, config.graph)
     trained_users = user_vectors(model.towers, histories.final_states, histories.rows, split.item_type,
-                                 split.type_names, embedding, text, model.tt_config, device)
+                                 split.type_names, user_item_features(embedding, text, model.tt_config),
+                                 model.tt_config, device)
 
     # the events have what the two old paths disagreed on: pruned (asymmetric) edges, replays, tied times
     cograph = build_graph(((str(n), u, ids[i], split.items[i].item_type, ts) for n, (u, i, ts) in
@@ -130,8 +132,11 @@ def test_served_vectors_equal_the_training_time_vectors(trained):
 
     served_items = np.stack([store.get_item(i).vector for i in ids])
     assert np.abs(served_items - trained_items).max() <= 1e-5
-    served_users = np.stack([store.get_user(u).vector for u in histories.users])
-    assert len(served_users) == 60
+    # users as the query API composes them (the user tower loaded alone from the model directory, reading the
+    # users' stored states and their items' stored features)
+    composed = ComposedUsers(store, UserTower.load(directory))
+    served_users = composed.vectors([store.get_user(u) for u in histories.users])
+    assert len(served_users) == 60 and composed.version == model.version
     assert np.abs(served_users - trained_users).max() <= 1e-5
 
 

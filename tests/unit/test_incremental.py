@@ -1,7 +1,7 @@
 """The served HGNN is refreshed layer by layer where inputs changed, and stays exact: after every micro-batch each
 item's embedding equals the full-graph forward over the live graph, and once the frontier is drained every stored
-item and user vector equals a full recompute on the final graph, also after a refresher restart; a micro-batch
-recomputes a small part of the graph."""
+item vector, and every user vector composed from the store, equals a full recompute on the final graph, also after
+a refresher restart; a micro-batch recomputes a small part of the graph."""
 
 import random
 
@@ -19,10 +19,11 @@ from models.serving import TrainedModel, train_for_serving
 from models.synthetic import generate, write_dataset
 from models.text import HashingEncoder
 from models.train import TrainConfig
-from models.twotower import TwoTowerConfig, user_vectors
+from models.twotower import TwoTowerConfig, user_item_features, user_vectors
 from monitoring.metrics import RefresherMetrics
 from streams.agents import StreamConfig
 from streams.testing import refresh_records
+from vectorstore.compose import ComposedUsers
 from vectorstore.server import ServerStore
 from workers.refresher import Changes, Refresher, collect
 from workers.settings import KafkaSettings, RefresherSettings
@@ -75,7 +76,7 @@ def _feed(refresher, records, sizes, check=None, defer=False):
         refresher.apply(Changes())
 
 
-def _assert_equals_full_recompute(refresher):
+def _assert_equals_full_recompute(refresher, records):
     model: TrainedModel = refresher.model
     graph = refresher.graph
     embedding, degree = _full(model, graph)
@@ -92,11 +93,14 @@ def _assert_equals_full_recompute(refresher):
             assert point is not None, item_id
             np.testing.assert_allclose(point.vector, items[row], atol=1e-5, err_msg=item_id)
             stored += 1
-    states = [u.state for u in refresher.users.values()]
+    final = collect(records, KAFKA).users
+    states = [u.state for u in final.values()]
     users = user_vectors(model.towers, states, graph.rows, model.layers.codes[: len(graph)], model.type_names,
-                         embedding, graph.text_matrix(), model.tt_config, torch.device("cpu"))
-    for user_id, vector in zip(refresher.users, users, strict=True):
-        np.testing.assert_allclose(refresher.store.get_user(user_id).vector, vector, atol=1e-5, err_msg=user_id)
+                         user_item_features(embedding, graph.text_matrix(), model.tt_config), model.tt_config,
+                         torch.device("cpu"))
+    composed = ComposedUsers(refresher.store, model.composer).vectors([refresher.store.get_user(u) for u in final])
+    for user_id, got, vector in zip(final, composed, users, strict=True):
+        np.testing.assert_allclose(got, vector, atol=1e-5, err_msg=user_id)
     return stored, len(states)
 
 
@@ -113,7 +117,7 @@ def test_every_micro_batch_keeps_the_layers_exact_and_recomputes_little(model):
 
     refresher = _refresher(served)
     _feed(refresher, records, [1, 2, 5, 40], check)
-    items, users = _assert_equals_full_recompute(refresher)
+    items, users = _assert_equals_full_recompute(refresher, records)
     assert items == 80 and users == 70
     # once every item exists, a small micro-batch recomputes a fraction of the graph
     steady = [layer2 / rows for layer2, rows in sizes[len(sizes) // 2 :] if rows == 80]
@@ -130,7 +134,7 @@ def test_a_restarted_refresher_converges_to_the_full_recompute(model, defer):
     served = TrainedModel(model, ENCODER.name)
     restarted = _refresher(served, store=crashed.store, per_batch=4 if not defer else 30)
     _feed(restarted, records, [7, 60, 200], defer=defer)
-    assert _assert_equals_full_recompute(restarted) == (80, 70)
+    assert _assert_equals_full_recompute(restarted, records) == (80, 70)
     if defer:  # the history cost one pass over the graph's 80 items, not one per historical micro-batch
         assert served.layers.layer2_total == 80
     else:

@@ -1,6 +1,7 @@
 """The refresher refreshes exactly what a change reaches: whatever the micro-batches, once the frontier is drained
-every stored vector equals a full recompute on the final graph and states; bad records become dead letters; a
-failing vector store is retried and reported, never skipped."""
+every stored item vector, and every user vector the API composes from the store, equals a full recompute on the
+final graph and states; bad records become dead letters; a failing vector store is retried and reported, never
+skipped."""
 
 import random
 
@@ -16,6 +17,7 @@ from monitoring.metrics import RefresherMetrics
 from streams.agents import StreamConfig
 from streams.records import CatalogItem
 from streams.testing import refresh_records
+from vectorstore.compose import ComposedUsers
 from vectorstore.server import ServerStore
 from workers.refresher import Changes, Refresher, collect
 from workers.settings import KafkaSettings, RefresherSettings
@@ -51,11 +53,23 @@ def _feed(refresher, records, sizes):
         refresher.apply(Changes())
 
 
-def _vectors(refresher):
+def _vectors(refresher, records):
+    """Every stored item vector, and every user's vector as the API composes it from the store."""
     items = {i: refresher.store.get_item(i) for i in refresher.graph.ids}
-    users = {u: refresher.store.get_user(u) for u in refresher.users}
-    return ({i: p.vector for i, p in items.items() if p is not None},
-            {u: p.vector for u, p in users.items() if p is not None})
+    users = list(collect(records, KAFKA).users)
+    points = [refresher.store.get_user(u) for u in users]
+    assert all(p is not None for p in points)
+    composed = ComposedUsers(refresher.store, refresher.model.composer).vectors(points)
+    return ({i: p.vector for i, p in items.items() if p is not None}, dict(zip(users, composed, strict=True)))
+
+
+def _full_recompute(model, records):
+    """Item vectors and user vectors computed in one pass over the final graph and states."""
+    full = _refresher(model, per_batch=10**6)
+    _feed(full, records, [len(records)])
+    states = collect(records, KAFKA).users
+    users = model.user_vectors([u.state for u in states.values()], full.graph)
+    return _vectors(full, records)[0], dict(zip(states, users, strict=True))
 
 
 def _assert_same(a, b):
@@ -90,23 +104,46 @@ def model(request, tmp_path_factory):
 
 def test_incremental_refresh_equals_a_full_recompute_and_survives_a_restart(model):
     records = _records()
-    full = _refresher(model, per_batch=10**6)
-    _feed(full, records, [len(records)])
-    expected_items, expected_users = _vectors(full)
+    expected_items, expected_users = _full_recompute(model, records)
     assert len(expected_items) > 40 and len(expected_users) == 40
+    assert all(np.isclose(np.linalg.norm(v), 1.0, atol=1e-5) for v in expected_users.values())
 
     incremental = _refresher(model, per_batch=7)  # a tiny budget: the frontier spans many batches
     _feed(incremental, records, [1, 3, 17, 60])
-    _assert_same(_vectors(incremental)[0], expected_items)
-    _assert_same(_vectors(incremental)[1], expected_users)
+    _assert_same(_vectors(incremental, records)[0], expected_items)
+    _assert_same(_vectors(incremental, records)[1], expected_users)
 
     # a restart mid-stream: the new refresher re-reads every record from the beginning into the same store
     crashed = _refresher(model, per_batch=5)
     _feed(crashed, records[: len(records) // 2], [9, 2])
     restarted = _refresher(model, store=crashed.store, per_batch=5)
     _feed(restarted, records, [40, 4])
-    _assert_same(_vectors(restarted)[0], expected_items)
-    _assert_same(_vectors(restarted)[1], expected_users)
+    _assert_same(_vectors(restarted, records)[0], expected_items)
+    _assert_same(_vectors(restarted, records)[1], expected_users)
+
+
+def test_a_user_vector_is_composed_from_the_latest_state_and_the_latest_item_inputs(model):
+    """Mid-stream, with items still in the frontier: the composed vector reads the user's stored state and the
+    stored items' inputs as they are at that moment, nothing older."""
+    records = _records()
+    refresher = _refresher(model, per_batch=3)
+    for start in range(0, len(records), 25):
+        refresher.apply(collect(records[start : start + 25], KAFKA))
+    assert not refresher.idle  # items wait in the frontier: their stored inputs are older than the graph
+    users = collect(records, KAFKA).users
+    points = [refresher.store.get_user(u) for u in users]
+    assert [p.recent for p in points] == [u.state["recent"] for u in users.values()]
+    composer = model.composer
+    stored = refresher.store.item_inputs(refresher.graph.ids, composer.reads_features)
+    from models.embedding import ItemInputs
+
+    width = next(iter(stored.values()))[1].shape[0]
+    want = composer.compose([u.state for u in users.values()], ItemInputs.of(stored, width))
+    got = ComposedUsers(refresher.store, composer).vectors(points)
+    np.testing.assert_allclose(got, want, atol=1e-6)  # it fetched every item the composer reads
+    while not refresher.idle:
+        refresher.apply(Changes())
+    _assert_same(_vectors(refresher, records)[1], _full_recompute(model, records)[1])
 
 
 def test_a_changed_text_reaches_followers_within_the_models_hops():
@@ -165,7 +202,29 @@ def test_a_failing_store_is_retried_and_reported_then_every_vector_is_current():
     _feed(refresher, records, [25])
     assert len(seen) == 4 and all("store down" in s for s in seen)
     assert refresher.degraded is None
-    full = _refresher(per_batch=10**6)
-    _feed(full, records, [len(records)])
-    _assert_same(_vectors(refresher)[0], _vectors(full)[0])
-    _assert_same(_vectors(refresher)[1], _vectors(full)[1])
+    expected_items, expected_users = _full_recompute(refresher.model, records)
+    _assert_same(_vectors(refresher, records)[0], expected_items)
+    _assert_same(_vectors(refresher, records)[1], expected_users)
+
+
+def test_event_to_item_latency_covers_the_frontier_the_event_reached():
+    """An item update carrying its event time, with a new text for the item: the item and every follower its text
+    moves (refreshed over later batches, one per batch here) are each observed once, from that event time."""
+    records = _records()
+    refresher = _refresher(per_batch=10**6)
+    _feed(refresher, records, [len(records)])
+    observed: list[float] = []
+    refresher.metrics.item_freshness_seconds = type("Recorder", (), {"observe": lambda _, v: observed.append(v)})()
+    refresher.batch = RefresherSettings(dependents_per_batch=1)
+    hub = max(refresher.graph.followers, key=lambda i: len(refresher.graph.followers[i]))
+    followers = refresher.graph.followers[hub]
+    assert len(followers) >= 3
+    changes = collect(records, KAFKA)
+    text = CatalogItem(item_id=hub, item_type=refresher.graph.types[refresher.graph.rows[hub]], title="new title",
+                       description="")
+    refresher.apply(Changes(catalog={hub: text}, items={hub: changes.items[hub]}, origins={hub: 1_000.0}))
+    assert len(observed) == 2  # the item itself and one follower (a budget of 1 per batch)
+    while not refresher.idle:
+        refresher.apply(Changes())
+    assert len(observed) == 1 + len(followers)
+    assert min(observed) > 0 and max(observed) - min(observed) < 60  # each from the event time, not from its batch

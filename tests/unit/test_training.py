@@ -15,6 +15,7 @@ from models.train import MODELS, TrainConfig, run_evaluation, write_report
 from models.twotower import TwoTowerConfig
 from monitoring.metrics import RefresherMetrics
 from streams.records import CatalogItem, ItemUpdate, UserUpdate
+from vectorstore.compose import ComposedUsers
 from vectorstore.server import ServerStore
 from workers.refresher import Changes, Refresher
 from workers.settings import RefresherSettings
@@ -92,7 +93,7 @@ def test_trained_model_serves_through_the_refresher(dataset, tmp_path):
              "consumed": {"p0000": 1.0, "a0001": 2.0}, "event_ids": {}, "counts": {"podcast": 1, "audiobook": 1}}
     refresher.apply(Changes(catalog, items, {"u": UserUpdate(user_id="u", state=state, event_ts=1.0)}))
     assert store.count_items() == len(data.items)
-    user = store.get_user("u")
+    user = ComposedUsers(store, model.composer)(store.get_user("u"))
     assert user is not None and user.model_version == model.version
     assert np.isclose(np.linalg.norm(user.vector), 1.0, atol=1e-5)
     hits = store.search(user.vector, 5, item_type="podcast", exclude=user.consumed)
