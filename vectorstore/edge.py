@@ -2,6 +2,13 @@
 
 A shard directory can be opened by one process at a time, so in embedded mode the refresher and the query API
 share one process (``gfm worker api`` starts the refresher beside the API).
+
+**Flushing.** qdrant-edge writes every update to its write-ahead log and its segments, but (unlike the Qdrant
+server, whose flush worker runs every few seconds) persists the segments and truncates the log only on
+``flush()``. Until then the log keeps every update and the payload storage cannot reuse the blocks that
+replaced payloads freed, so both grow with the updates, not with the points (the 10-minute soak's API process:
+2.1 -> 3.3 GiB over the second half unflushed, 1.3 -> 1.6 GiB flushed). The store flushes after an upsert when
+``flush_interval_s`` has passed since its last flush.
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +55,29 @@ class EdgeStore(VectorStore):
         path: the directory of the shards.
         hnsw_ef: the size of the HNSW search's candidate list (at least the number of results asked for);
             larger is more exact and slower; None searches exactly (brute force over the filtered items).
+        flush_interval_s: the longest time between an upsert and the flush that persists it and lets the shard
+            drop its write-ahead log and reuse freed payload blocks (0: flush after every upsert).
+        clock: monotonic seconds (tests pass their own).
     """
 
     in_process = True
 
-    def __init__(self, path: Path, hnsw_ef: int | None = 256) -> None:
+    def __init__(self, path: Path, hnsw_ef: int | None = 256, flush_interval_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
+        if flush_interval_s < 0:
+            raise ValueError(f"flush_interval_s must be >= 0, got {flush_interval_s}")
         self.path = path
         self.hnsw_ef = hnsw_ef
+        self.flush_interval_s = flush_interval_s
+        self._clock = clock
         self._items: q.EdgeShard | None = None
         self._users: q.EdgeShard | None = None
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._flushed_at = clock()
+        self.flushes = 0
+        """How many times :meth:`flush` ran (monitoring, tests)."""
 
     def _open(self, name: str, dim: int) -> q.EdgeShard:
         directory = self.path / name
@@ -101,6 +120,7 @@ class EdgeStore(VectorStore):
                 )
             )
             self._remember_types(points)
+            self._flush_when_due()
 
     def _read_item_types(self) -> list[str]:
         facet = self.items.facet(q.FacetRequest(key="item_type", limit=_MAX_TYPES, exact=True))
@@ -113,6 +133,24 @@ class EdgeStore(VectorStore):
                     [q.Point(user_point_id(p.user_id), p.vector.tolist(), user_payload(p)) for p in points]
                 )
             )
+            self._flush_when_due()
+
+    def _flush_when_due(self) -> None:
+        # upserts may come from several threads: one flushes, the others go on (their writes are in the log)
+        if self._clock() - self._flushed_at >= self.flush_interval_s and self._flushing.acquire(blocking=False):
+            try:
+                self.flush()
+            finally:
+                self._flushing.release()
+
+    def flush(self) -> None:
+        """Persist both shards: their write-ahead logs are truncated and freed payload blocks become reusable."""
+        started = time.perf_counter()
+        self.items.flush()
+        self.users.flush()
+        self._flushed_at = self._clock()
+        self.flushes += 1
+        log.debug("flushed the embedded store in %.3f s", time.perf_counter() - started)
 
     def get_item(self, item_id: str) -> ItemPoint | None:
         found = self.items.retrieve([item_point_id(item_id)], with_payload=True, with_vector=True)

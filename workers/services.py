@@ -37,7 +37,8 @@ def build_store(settings: Settings) -> VectorStore:
         return ServerStore(settings.qdrant.url, settings.qdrant.collection_prefix, settings.qdrant.api_key)
     from vectorstore.edge import EdgeStore
 
-    return EdgeStore(settings.qdrant.path, hnsw_ef=settings.qdrant.hnsw_ef)
+    return EdgeStore(settings.qdrant.path, hnsw_ef=settings.qdrant.hnsw_ef,
+                     flush_interval_s=settings.qdrant.flush_interval_s)
 
 
 def build_encoder(settings: Settings, progress: bool = False) -> TextEncoder:

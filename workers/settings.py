@@ -42,6 +42,10 @@ class QdrantSettings(BaseModel):
     index_min_unindexed: int = Field(
         20_000, ge=1, description="embedded store: build the vector index before the API serves when at least "
         "this many items are unindexed (it pauses the process: ~1 min for 100k items)")
+    flush_interval_s: float = Field(
+        5.0, ge=0, description="embedded store: longest time between an upsert and the flush that persists it; "
+        "until a flush the shards keep every update in their write-ahead log and cannot reuse freed payload "
+        "blocks, so memory and disk grow with the updates (0: flush after every upsert)")
 
 
 class StreamSettings(BaseModel):
