@@ -53,10 +53,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--producer-max-batch-size", type=int, default=None)
+    parser.add_argument("--pairs-within", type=float, default=None, help="the worker's pairs_take_within_s")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gfm-share-"))
-    extra = {} if args.producer_max_batch_size is None else {"producer_max_batch_size": args.producer_max_batch_size}
+    extra = {name: value for name, value in (("producer_max_batch_size", args.producer_max_batch_size),
+                                             ("pairs_take_within_s", args.pairs_within)) if value is not None}
     settings = make_settings(root, **extra)  # type: ignore[arg-type]
     broker = start_broker(settings.kafka.bootstrap, root / "broker.log")
     latencies: list[float] = []
@@ -102,6 +104,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "rate": args.rate, "seconds": args.seconds, "events_sent": sent.sent,
         "producer_max_batch_size": settings.streams.producer_max_batch_size,
+        "pairs_take_within_s": settings.streams.pairs_take_within_s,
         "what": "seconds from the produce time of the earliest event of a user's micro-batch to the produce time of "
                 "the user's refresh request (Kafka timestamps)",
         "user_update_s": quantiles(latencies),

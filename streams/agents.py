@@ -71,7 +71,7 @@ E = TypeVar("E")
 class StreamConfig:
     """What the Faust app needs to know; built from the deployment settings by ``workers``."""
 
-    broker: str = "kafka://127.0.0.1:19092"
+    broker: str = "gfm-kafka://127.0.0.1:19092"
     app_id: str = "gfm-streams"
     topic_prefix: str = "gfm"
     partitions: int = 4
@@ -464,6 +464,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         metrics: where the agents count what they do.
     """
     import streams.store  # noqa: F401  (registers the gfm-rocksdb:// store)
+    import streams.transport  # noqa: F401  (registers the gfm-kafka:// transport)
 
     app = faust.App(
         config.app_id,

@@ -78,7 +78,7 @@ def build_composer(settings: Settings) -> UserComposer:
 def stream_config(settings: Settings) -> StreamConfig:
     """The Faust app's configuration."""
     return StreamConfig(
-        broker=f"kafka://{settings.kafka.bootstrap}",
+        broker=f"gfm-kafka://{settings.kafka.bootstrap}",
         app_id=settings.streams.app_id,
         topic_prefix=settings.kafka.topic_prefix,
         partitions=settings.kafka.partitions,
