@@ -16,23 +16,19 @@ recommendations of each in turn. Writes ``bench/results/compose-<items>.json``. 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import torch
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models.embedding import ItemInputs  # noqa: E402
 from models.serving import UserTower  # noqa: E402
 from models.twotower import user_vectors  # noqa: E402
+from tests.conftest import serve_in_thread as serve  # noqa: E402
 from vectorstore.api import create_api  # noqa: E402
 from vectorstore.base import ItemPoint, UserPoint  # noqa: E402
 from vectorstore.compose import ComposedUsers  # noqa: E402
@@ -51,27 +48,6 @@ def _ms(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "p50_ms": round(float(np.percentile(seconds, 50)) * 1000, 3),
             "p99_ms": round(float(np.percentile(seconds, 99)) * 1000, 3),
             "mean_ms": round(float(seconds.mean()) * 1000, 3)}
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """``app`` on uvicorn on a free loopback port, in a thread of this process."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise TimeoutError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def over_http(store: EdgeStore, composed: ComposedUsers, users: int, types: list[str], requests: int

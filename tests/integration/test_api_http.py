@@ -1,6 +1,5 @@
 """The API behind a real uvicorn server on loopback, over a real embedded store: what only a socket shows."""
 
-import contextlib
 import socket
 import threading
 import time
@@ -9,10 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import free_port
+from tests.conftest import serve_in_thread as serve
 from vectorstore.api import ApiLimits, create_api
 from vectorstore.base import ItemPoint, UserPoint
 from vectorstore.edge import EdgeStore
@@ -34,23 +32,6 @@ class HangingSink:
         self.waiting.release()
         self.release.wait(20)
         self.events.extend(events)
-
-
-@contextlib.contextmanager
-def serve(app):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture
