@@ -1,0 +1,50 @@
+"""Trending: each item's exponentially decayed consumption count, one coordinate of the dot product.
+
+An item's trend at time :math:`t` is
+
+.. math:: \\mathrm{trend}_i(t) = \\log\\Big(\\epsilon + \\sum_{e \\in E_i,\\, t_e \\le t} e^{-(t - t_e)/\\tau}\\Big)
+
+over its consumption events :math:`E_i` (every event, repeats included, as popularity counts them), with
+time constant :math:`\\tau` (``None``: no decay, the log of the count). It is kept as a *level* relative to a
+fixed epoch :math:`t_0`, :math:`\\ell_i = \\log(\\epsilon + \\sum_e e^{(t_e - t_0)/\\tau})`, so that
+:math:`\\mathrm{trend}_i(t) = \\ell_i - (t - t_0)/\\tau` for every item at once: the shift is the same for every
+item, so a score :math:`s(u, i) + \\lambda_u \\ell_i` ranks a user's items as :math:`s(u, i) + \\lambda_u
+\\mathrm{trend}_i(t)` does at any query time, and an item's stored level changes only when it is consumed.
+(The :math:`\\epsilon` is a pseudo-event at the epoch, so it decays like a real one and the identity holds.)
+
+Folding is ``logaddexp``: commutative and associative, so the level does not depend on the order in which
+events arrive (partitions, replays in another order); only on the set of events folded once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EPSILON = 1e-3
+"""Weight of the pseudo-event at the epoch that every level starts from (an item never consumed)."""
+
+EMPTY_LEVEL = math.log(EPSILON)
+
+
+def exponent(ts: float, tau: float | None, epoch: float) -> float:
+    """One event's log-weight relative to the epoch: ``(ts - epoch) / tau`` (0 without decay)."""
+    return 0.0 if tau is None else (ts - epoch) / tau
+
+
+def fold(level: float, ts: float, tau: float | None, epoch: float) -> float:
+    """The level after one more consumption at ``ts``."""
+    return float(np.logaddexp(level, exponent(ts, tau, epoch)))
+
+
+def levels(items: np.ndarray, ts: np.ndarray, n_items: int, tau: float | None, epoch: float) -> np.ndarray:
+    """Every item's level after folding the events ``(items[k], ts[k])`` (float64, ``EMPTY_LEVEL`` for items
+    without events); equal to :func:`fold` applied event by event, in any order, up to rounding."""
+    items = np.asarray(items, dtype=np.int64)
+    x = np.zeros(len(items)) if tau is None else (np.asarray(ts, dtype=np.float64) - epoch) / tau
+    top = np.full(n_items, EMPTY_LEVEL)
+    np.maximum.at(top, items, x)
+    total = np.exp(EMPTY_LEVEL - top)
+    np.add.at(total, items, np.exp(x - top[items]))
+    return top + np.log(total)
