@@ -14,6 +14,11 @@ item, so a score :math:`s(u, i) + \\lambda_u \\ell_i` ranks a user's items as :m
 
 Folding is ``logaddexp``: commutative and associative, so the level does not depend on the order in which
 events arrive (partitions, replays in another order); only on the set of events folded once.
+
+The stream does not know which time constant a model will choose, so it keeps one level per constant of
+:data:`TAUS`, relative to the epoch 0 (float64 keeps ~1e-10 absolute precision at today's ``ts / tau``); a
+model chooses one of :data:`TAUS` and :func:`rebase` moves its level to the model's own epoch, where float32
+vectors keep its precision.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ EPSILON = 1e-3
 """Weight of the pseudo-event at the epoch that every level starts from (an item never consumed)."""
 
 EMPTY_LEVEL = math.log(EPSILON)
+
+DAY = 86400.0
+TAUS: tuple[float | None, ...] = (None, 1 * DAY, 3 * DAY, 7 * DAY, 14 * DAY, 30 * DAY, 90 * DAY)
+"""The time constants a model may choose from (``None``: no decay); the stream keeps a level for each."""
 
 
 def exponent(ts: float, tau: float | None, epoch: float) -> float:
@@ -48,3 +57,12 @@ def levels(items: np.ndarray, ts: np.ndarray, n_items: int, tau: float | None, e
     total = np.exp(EMPTY_LEVEL - top)
     np.add.at(total, items, np.exp(x - top[items]))
     return top + np.log(total)
+
+
+def rebase(level: float | np.ndarray, tau: float | None, epoch: float) -> float | np.ndarray:
+    """A level kept relative to the epoch 0 (the stream's), moved to ``epoch``: the events' weights shifted by
+    ``-epoch / tau`` and the epsilon pseudo-event placed at ``epoch`` (the old one, at 0, has decayed to nothing
+    for any real epoch). Equal to :func:`levels` computed with ``epoch`` directly, up to that decayed epsilon."""
+    if tau is None:
+        return level
+    return np.logaddexp(np.asarray(level, dtype=np.float64) - epoch / tau, EMPTY_LEVEL)

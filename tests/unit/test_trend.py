@@ -34,3 +34,14 @@ def test_level_is_the_decayed_count_shifted_by_the_epoch():
     assert level[1] == trend.EMPTY_LEVEL
     assert math.isclose(trend.levels(np.zeros(3, dtype=np.int64), ts, 1, None, epoch)[0],
                         math.log(3 + trend.EPSILON), rel_tol=1e-12)
+
+
+def test_rebase_moves_the_streams_levels_to_a_models_epoch():
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, 20, 500)
+    ts = 1.6e9 + rng.uniform(0, 90 * trend.DAY, 500)
+    epoch = 1.6e9 + 60 * trend.DAY
+    for tau in trend.TAUS:
+        at_zero = trend.levels(items, ts, 25, tau, 0.0)
+        direct = trend.levels(items, ts, 25, tau, epoch)
+        assert np.allclose(trend.rebase(at_zero, tau, epoch), direct, rtol=0, atol=1e-6), tau
