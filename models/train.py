@@ -60,6 +60,7 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-no_exclude_consumed": ({}, {"exclude_consumed": False}),
     "2t_hgnn-no_time_weighted": ({}, {"time_weighted": False}),
     "2t_hgnn-no_trend": ({}, {"trend": False}),
+    "2t_hgnn-30_examples": ({}, {"examples_per_user": 30}),
     "2t_hgnn-no_in_batch": ({"in_batch": False}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-all_off": ({"in_batch": False, "text_skip": False},
@@ -67,8 +68,8 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                          "uniform_negatives": 0, "item_bias": False, "exclude_consumed": False,
                          "time_weighted": False, "trend": False}),
 }
-"""Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), or one more on (``+``): HGNN config
-changes, two-tower config changes."""
+"""Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), one more on (``+``), or one value changed
+back to its previous default (``-30_examples``): HGNN config changes, two-tower config changes."""
 GRAPH_FORMAT = "graph-tensors-v2"
 """Part of the cache keys of graphs and HGNN embeddings: bumped when :func:`~models.features.graph_tensors`
 changes what it builds (v2: messages neighbour -> owner, real item ids in the fold)."""

@@ -182,8 +182,6 @@ def write_trending(folder, users: int = 200, per_type: int = 40, events_per_user
 def test_the_trend_coordinate_finds_a_planted_trending_item(tmp_path):
     """The trend's time constant chosen on validation is a short one, and the 2T-HGNN with the trend ranks the
     item trending at the cut: far above all-time popularity and above the same model without the trend."""
-    import time
-    started = time.perf_counter()
     folder = write_trending(tmp_path / "trending")
     split = load_split(folder)
     tau, chosen = choose_trend_tau(load_split(folder, "valid"))
@@ -200,7 +198,6 @@ def test_the_trend_coordinate_finds_a_planted_trending_item(tmp_path):
         assert trending.hr10 > rows["popularity"][kind].hr10 + 0.3, rows
         # without the trend the item is often in the top 10 of 21 candidates too, but rarely first
         assert trending.mrr > rows["2t_hgnn-no_trend"][kind].mrr + 0.2, rows
-    print("took", time.perf_counter() - started)
 
 
 def test_a_trained_trend_model_serves_its_training_score(dataset, tmp_path):
