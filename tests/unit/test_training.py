@@ -4,18 +4,17 @@ import json
 from dataclasses import replace
 
 import numpy as np
-import torch
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
 
 from models.evaluate import load_split
+from models.features import user_tower_features
 from models.hgnn import HGNNConfig
 from models.serving import TrainedModel, train_for_serving
 from models.synthetic import generate, write_dataset
 from models.text import HashingEncoder
-from models.train import MODELS, TrainConfig, choose_trend_tau, run_evaluation, write_report
-from models.features import user_tower_features
-from models.train import histories_list
+from models.train import MODELS, TrainConfig, choose_trend_tau, histories_list, run_evaluation, write_report
 from models.twotower import TrendLevels, TwoTowerConfig, item_vectors, train_two_tower, user_item_features, user_vectors
 from monitoring.metrics import RefresherMetrics
 from streams.records import CatalogItem, ItemUpdate, UserUpdate
