@@ -266,7 +266,8 @@ def wait_until_idle(stack: Any, deadline: float, quiet_s: float = 2.0) -> float:
     """Wait until the stream workers' counters stop moving for ``quiet_s`` (cheap, unlike reading the state
     back); returns when they last moved (monotonic seconds)."""
     ports = stack.stream_metrics_ports()
-    names = ("gfm_stream_events_total", "gfm_graph_pairs_total", "gfm_graph_pairs_redelivered_total")
+    names = ("gfm_stream_events_total", "gfm_graph_pairs_total", "gfm_graph_pairs_redelivered_total",
+             "gfm_trend_consumptions_total")
     last, moved = None, time.monotonic()
     while time.monotonic() < deadline:
         stack.check()
