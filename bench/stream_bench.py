@@ -64,7 +64,15 @@ from workers.refresher import Refresher, RefresherLoop  # noqa: E402
 from workers.services import build_encoder, build_model, build_store  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 from workers.stack import settings_env, start_broker  # noqa: E402
-from workers.statecheck import TopicMirror, changelog_topics, compare, fold_pairs_topic, reference, stream_state  # noqa: E402
+from workers.statecheck import (  # noqa: E402
+    TopicMirror,
+    changelog_topics,
+    compare,
+    fold_pairs_topic,
+    reference,
+    stream_levels,
+    stream_state,
+)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -224,11 +232,12 @@ def check_state(settings: Settings, events: list[ListenEvent]) -> dict[str, Any]
     try:
         mirror.refresh(idle_s=2.0, limit_s=600.0)
         users, adjacency = stream_state(mirror, settings.streams.app_id)
+        levels = stream_levels(mirror, settings.streams.app_id)
         pairs_fold = fold_pairs_topic(mirror, pairs_topic, settings.streams.graph_config().max_degree)
     finally:
         mirror.close()
-    expected, uncapped = reference(events, settings.streams.graph_config())
-    return compare(users, adjacency, expected, uncapped, pairs_fold).as_dict()
+    expected = reference(events, settings.streams.graph_config())
+    return compare(users, adjacency, expected.graph, expected.uncapped, pairs_fold, levels, expected.levels).as_dict()
 
 
 class Recorder:
