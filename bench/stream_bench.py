@@ -167,10 +167,13 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
                     cpu_before = cpu_seconds(worker.pid)
             if count > seen:
                 seen, last = count, now
-            new_pairs = metrics.get("gfm_graph_pairs_total", 0.0)
+            new_pairs = metrics.get("gfm_graph_pairs_total", 0.0) + metrics.get("gfm_trend_consumptions_total", 0.0)
             if new_pairs > pairs:
                 pairs, pairs_last_change = new_pairs, now
-            if produced and seen >= produced[0].sent and pairs >= metrics.get("gfm_graph_pairs_published_total", 0):
+            # done when every published pair is merged and every consumption folded into its item's levels
+            published = (metrics.get("gfm_graph_pairs_published_total", 0)
+                         + metrics.get('gfm_stream_events_total{outcome="consumed"}', 0))
+            if produced and seen >= produced[0].sent and pairs >= published:
                 break
             if first is not None and now - max(last or 0, pairs_last_change) > 60:
                 raise RuntimeError(f"no progress for 60 s at {seen} events; see {settings.var_dir}")
@@ -187,7 +190,8 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
             "events_applied_s": round(last - origin, 2),
             "graph_done_s": round(done, 2),
             "events_per_s_end_to_end": round(seen / done),
-            "pairs_merged": pairs,
+            "pairs_merged": metrics.get("gfm_graph_pairs_total", 0.0),
+            "consumptions_folded": metrics.get("gfm_trend_consumptions_total", 0.0),
             "worker_peak_rss_mib": round(peak_rss_mib(worker.pid)),
             "broker_peak_rss_mib": round(peak_rss_mib(broker.pid)),
             "worker_cpu_s": round(cpu, 2),

@@ -221,3 +221,22 @@ def test_a_hole_in_a_partitions_offsets_stops_the_batch_before_anything_is_appli
     tracker.check([(0, 5), (0, 6)])  # a replay (after a rebalance) goes back: fine
     with pytest.raises(OffsetGap, match="partition 1: offsets 4..4 were skipped"):
         tracker.check([(0, 7), (1, 5)])
+
+
+def test_the_state_check_on_the_real_broker_compares_levels():
+    """``workers.statecheck.compare`` (what the fault, poison and scale tests on tansu use) counts an item whose
+    levels are off, or missing, as a difference."""
+    from workers.statecheck import compare
+
+    expected = build_graph(ROWS, GraphConfig(max_degree=1000))
+    harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=GraphConfig(max_degree=1000)))
+    harness.produce(ROWS)
+    harness.drain()
+    levels = harness.levels()
+    args = (harness.users(), harness.adjacency(), expected, expected, None)
+    assert compare(*args, levels, LEVELS).exact
+    item = next(iter(levels))
+    off = {**levels, item: [levels[item][0] + 1e-6, *levels[item][1:]]}
+    assert compare(*args, off, LEVELS).items_levels_different == 1
+    missing = {k: v for k, v in levels.items() if k != item}
+    assert not compare(*args, missing, LEVELS).exact

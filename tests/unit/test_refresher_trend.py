@@ -151,3 +151,16 @@ def test_a_trend_model_gets_a_dot_store_one_coordinate_wider():
 def test_a_served_trend_names_a_time_constant_the_stream_keeps():
     with pytest.raises(ValueError, match="not one the stream keeps"):
         ServedTrend(12345.0, 0.0)
+
+
+def test_a_model_directory_says_whether_it_reads_the_trend():
+    from models.serving import distance_of, served_trend
+
+    plain = {"version": "m", "config": {"two_tower": {"dim": 8}}}
+    assert served_trend(plain) is None and distance_of(None) == "cosine"
+    with_trend = {"version": "m", "config": {"two_tower": {"dim": 8, "trend": True}}, "trend_tau": TAU,
+                  "trend_epoch": EPOCH}
+    assert served_trend(with_trend) == ServedTrend(TAU, EPOCH) and distance_of(ServedTrend(TAU, EPOCH)) == "dot"
+    assert served_trend({**with_trend, "trend_tau": None}) == ServedTrend(None, EPOCH)  # no decay: the count
+    with pytest.raises(ValueError, match="trend_epoch"):
+        served_trend({"version": "m", "config": {"two_tower": {"trend": True}}})
