@@ -40,8 +40,10 @@ from models.twotower import (
 
 
 def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, out_root: Path,
-                      fingerprint: str) -> Path:
-    """Train the unified 2T-HGNN on all of ``split.train`` and write a versioned model directory."""
+                      fingerprint: str, trend_tau: float | None = None) -> Path:
+    """Train the unified 2T-HGNN on all of ``split.train`` and write a versioned model directory; with the trend,
+    ``trend_tau`` is its time constant (:func:`~models.train.choose_trend_tau`) and the levels' epoch is
+    :attr:`Split.now` (both in ``config.json``: ``trend_tau``, ``trend_epoch``)."""
     device = pick_device()
     started = time.perf_counter()
     text = text_embeddings(split, encoder)
@@ -50,7 +52,8 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     embedding = embed(hgnn, graph, text, device)
     degree = graph.weighted_degree(len(split.items)) if config.two_tower.item_degree else None
     towers, tt_losses = train_two_tower(histories_list(split, config.graph), embedding, text, split.item_type,
-                                        len(split.type_names), config.two_tower, device, degree=degree)
+                                        len(split.type_names), config.two_tower, device, degree=degree,
+                                        trend_tau=trend_tau)
     shape = hashlib.sha1(json.dumps(asdict(config), default=str, sort_keys=True).encode()).hexdigest()[:6]
     version = f"2t-hgnn-{split.name}-{fingerprint}-{shape}-{time.strftime('%Y%m%d%H%M%S')}"
     directory = out_root / version
@@ -66,6 +69,8 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
         "text_encoder": encoder.name,
         "text_dim": int(text.shape[1]),
         "config": asdict(config),
+        "trend_tau": trend_tau if config.two_tower.trend else None,
+        "trend_epoch": split.now if config.two_tower.trend else None,
         "metrics": {"hgnn_losses": hgnn_losses, "two_tower_losses": tt_losses,
                     "train_seconds": round(time.perf_counter() - started, 1), "peak_rss_mib": round(peak_rss_mib()),
                     "device": str(device), "items": len(split.items), "events": len(split.train)},
@@ -74,9 +79,10 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     return directory
 
 
-def find_model(root: Path, fingerprint: str, encoder_name: str, config: TrainConfig) -> Path | None:
-    """The newest model directory under ``root`` trained on the data of ``fingerprint`` with this text encoder and
-    this configuration, if any."""
+def find_model(root: Path, fingerprint: str, encoder_name: str, config: TrainConfig,
+               trend_tau: float | None = None) -> Path | None:
+    """The newest model directory under ``root`` trained on the data of ``fingerprint`` with this text encoder,
+    this configuration (and trend time constant), if any."""
     wanted = json.loads(json.dumps(asdict(config), default=str))
     found = []
     for path in root.glob("*/config.json") if root.is_dir() else ():
@@ -85,19 +91,20 @@ def find_model(root: Path, fingerprint: str, encoder_name: str, config: TrainCon
         except (OSError, ValueError):
             continue  # a directory being written, or not a model
         if (meta.get("data_fingerprint") == fingerprint and meta.get("text_encoder") == encoder_name
-                and meta.get("config") == wanted and (path.parent / "twotower.pt").exists()):
+                and meta.get("config") == wanted and (path.parent / "twotower.pt").exists()
+                and (not config.two_tower.trend or meta.get("trend_tau") == trend_tau)):
             found.append(path.parent)
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: Path, fingerprint: str
-                 ) -> tuple[Path, bool]:
-    """A model for ``split``: the one under ``root`` with this data, encoder and configuration, else a new one
-    trained by :func:`train_for_serving`. Returns ``(directory, trained)``."""
-    found = find_model(root, fingerprint, encoder.name, config)
+def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: Path, fingerprint: str,
+                 trend_tau: float | None = None) -> tuple[Path, bool]:
+    """A model for ``split``: the one under ``root`` with this data, encoder, configuration and trend time
+    constant, else a new one trained by :func:`train_for_serving`. Returns ``(directory, trained)``."""
+    found = find_model(root, fingerprint, encoder.name, config, trend_tau)
     if found is not None:
         return found, False
-    return train_for_serving(split, encoder, config, root, fingerprint), True
+    return train_for_serving(split, encoder, config, root, fingerprint, trend_tau), True
 
 
 def served_trend(meta: dict[str, Any]) -> ServedTrend | None:

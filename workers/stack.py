@@ -308,7 +308,8 @@ def demo_train_config(settings: Settings) -> TrainConfig:
     return TrainConfig(graph=settings.streams.graph_config(),
                        hgnn=HGNNConfig(hidden=32, out=32, epochs=20, batch_edges=1024, edges_per_relation=4096),
                        two_tower=TwoTowerConfig(dim=32, hidden=128, epochs=30, batch=256, lr=3e-3,
-                                                uniform_negatives=64, history=settings.streams.history_per_type))
+                                                uniform_negatives=64, history=settings.streams.history_per_type,
+                                                trend=False))  # the live levels are served by branch trend
 
 
 def ensure_model(settings: Settings) -> tuple[Settings, str]:
@@ -322,14 +323,16 @@ def ensure_model(settings: Settings) -> tuple[Settings, str]:
     from models.evaluate import load_split
     from models.serving import cached_model
     from models.synthetic import write_dataset
-    from models.train import fingerprint
+    from models.train import choose_trend_tau, fingerprint
     from workers.services import build_encoder
 
     torch.set_num_threads(1)  # this small a model trains faster on one thread, and leaves a core to the rest
     started = time.perf_counter()
     folder = write_dataset(generate(), settings.var_dir / "demo-data")
-    directory, trained = cached_model(load_split(folder, everything=True), build_encoder(settings),
-                                      demo_train_config(settings), settings.var_dir / "models", fingerprint(folder))
+    config = demo_train_config(settings)
+    tau = choose_trend_tau(load_split(folder, "valid"))[0] if config.two_tower.trend else None
+    directory, trained = cached_model(load_split(folder, everything=True), build_encoder(settings), config,
+                                      settings.var_dir / "models", fingerprint(folder), tau)
     done = f"trained in {time.perf_counter() - started:.1f} s" if trained else "cached"
     model = settings.model.model_copy(update={"dir": directory})
     return settings.model_copy(update={"model": model}), f"model: {directory.name} ({done}, {directory})"

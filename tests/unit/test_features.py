@@ -77,7 +77,8 @@ def trained(tmp_path_factory):
     (folder / "events.tsv").write_text("\n".join(ticked) + "\n")
     config = TrainConfig(graph=GraphConfig(max_degree=4),
                          hgnn=HGNNConfig(hidden=16, out=16, epochs=2, batch_edges=256),
-                         two_tower=TwoTowerConfig(dim=16, hidden=32, epochs=2, batch=64, examples_per_user=8))
+                         two_tower=TwoTowerConfig(dim=16, hidden=32, epochs=2, batch=64, examples_per_user=8,
+                                                  trend=False))  # the live levels are served by branch trend
     encoder = HashingEncoder(32)
     split = load_split(folder, everything=True)
     directory = train_for_serving(split, encoder, config, tmp_path_factory.mktemp("models"), "parity")

@@ -89,7 +89,8 @@ def _trained_model(tmp_path_factory):
     folder = write_dataset(generate(users=40, items_per_type=25, events_per_user=15, seed=3),
                            tmp_path_factory.mktemp("refresher-model"))
     config = TrainConfig(hgnn=HGNNConfig(hidden=16, out=8, epochs=1, batch_edges=128),
-                         two_tower=TwoTowerConfig(dim=8, hidden=16, epochs=1, batch=64, examples_per_user=5))
+                         two_tower=TwoTowerConfig(dim=8, hidden=16, epochs=1, batch=64, examples_per_user=5,
+                                                  trend=False))  # the live levels are served by branch trend
     directory = train_for_serving(load_split(folder, everything=True), ENCODER, config,
                                   tmp_path_factory.mktemp("models"), "test")
     return TrainedModel(directory, ENCODER.name)
