@@ -36,6 +36,7 @@ from models.twotower import (
     train_two_tower,
     user_item_features,
     user_vectors,
+    with_levels,
 )
 
 
@@ -148,7 +149,7 @@ class UserTower:
         self.version = version
         self.device = device
         self.trend = trend
-        self.dim = config.dim + (0 if trend is None else 1)
+        self.dim = towers.out_dim
         self.distance = distance_of(trend)
         self._codes = {name: k for k, name in enumerate(type_names)}
         self._forward = NumpyUserTower(towers)
@@ -213,7 +214,7 @@ class TrainedModel:
         self.towers.to(self.device).eval()
         self.trend = served_trend(meta)
         self.distance = distance_of(self.trend)
-        self.dim = self.tt_config.dim + (0 if self.trend is None else 1)
+        self.dim = self.towers.out_dim
         self.hops = 2
         self.layers = IncrementalHGNN(self.hgnn, self.type_names, self.device)
         """The HGNN's layers over the refresher's live graph, refreshed where their inputs changed."""
@@ -247,11 +248,7 @@ class TrainedModel:
                                 torch.from_numpy(graph.text(index)).to(self.device),
                                 torch.from_numpy(codes).to(self.device),
                                 torch.from_numpy(self.degrees(graph)[index]).to(self.device))
-        vectors = out.cpu().numpy()
-        if self.trend is not None:
-            if levels is None or len(levels) != len(index):
-                raise ValueError(f"model {self.version} reads the trend: item_vectors needs one level per row")
-            vectors = np.concatenate([vectors, np.asarray(levels, dtype=np.float32)[:, None]], axis=1)
+        vectors = with_levels(self.towers, out.cpu().numpy(), levels)  # with the trend, the level last
         vectors[~graph.has_text(index)] = 0.0  # not in the catalogue yet: wait for its text
         return vectors
 
