@@ -385,11 +385,7 @@ def fold_pairs(
                 entry = ItemEntry(group[1])
             merge_neighbours(entry.adjacency, group, max_degree, start=GROUP_HEAD)
             if group[4]:
-                times = consumed.get(src)
-                if times is None:
-                    consumed[src] = group[4]
-                else:
-                    times += group[4]
+                consumed.setdefault(src, []).extend(group[4])
             entry.offsets[source] = origin
             batch.items[src] = entry
             batch.merged += n
