@@ -479,9 +479,21 @@ def encode_item(item_id: str, entry: ItemEntry) -> tuple[bytes, bytes]:
     return table, update
 
 
+class StaleState(RuntimeError):
+    """A table value written by an older version of the agents, which this one cannot continue exactly."""
+
+
 def decode_item(raw: bytes) -> ItemEntry:
-    """An item's table value (see :func:`encode_item`)."""
+    """An item's table value (see :func:`encode_item`).
+
+    Raises:
+        StaleState: for a value without trend levels (written before the stream kept them: the consumptions it
+            saw are not in it, so no level can be exact; the stream's state must be rebuilt from the events).
+    """
     value = orjson.loads(raw)
+    if "levels" not in value:
+        raise StaleState("an adjacency table value has no trend levels: it was written by an older gfm; rebuild the "
+                         "stream's state (delete its changelog topics and GFM_STREAMS__DATADIR, replay the events)")
     return ItemEntry(value["type"], value["adj"], value["offsets"], value["levels"])
 
 

@@ -118,3 +118,10 @@ def test_an_item_update_carries_one_level_per_time_constant():
         with pytest.raises(InvalidRecord) as caught:
             validate_item_update({**update, "levels": levels})
         assert caught.value.field == "levels"
+
+
+def test_an_item_value_from_before_the_levels_is_refused_by_name():
+    from streams.agents import StaleState, decode_item
+
+    with pytest.raises(StaleState, match="no trend levels"):
+        decode_item(b'{"type": "podcast", "offsets": {"0": 3}, "adj": {}}')
