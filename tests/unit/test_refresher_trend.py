@@ -164,3 +164,20 @@ def test_a_model_directory_says_whether_it_reads_the_trend():
     assert served_trend({**with_trend, "trend_tau": None}) == ServedTrend(None, EPOCH)  # no decay: the count
     with pytest.raises(ValueError, match="trend_epoch"):
         served_trend({"version": "m", "config": {"two_tower": {"trend": True}}})
+
+
+def test_a_restarted_refresher_reading_its_history_deferred_hands_the_final_levels():
+    """What ``RefresherLoop`` does until caught up: the history only builds the state (levels included), then the
+    frontier drains, each item computed once with its latest level."""
+    model = TrendTextModel()
+    refresher = _refresher(model)
+    records = _records()
+    for start in range(0, len(records), 40):
+        refresher.apply(collect(records[start : start + 40], KAFKA), defer=True)
+    assert model.calls == []  # nothing computed while reading the history
+    while not refresher.idle:
+        refresher.apply(Changes())
+    column = trend.TAUS.index(TAU)
+    want = {i: float(trend.rebase(levels[column], TAU, EPOCH)) for i, levels in item_levels(ROWS).items()}
+    assert sum(len(c) for c in model.calls) == len(refresher.graph)  # each item once
+    np.testing.assert_allclose([model.handed[i] for i in want], list(want.values()), rtol=0, atol=1e-9)
