@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.embedding import ItemInputs, LiveGraph, graph_inputs
+from models.embedding import Distance, ItemInputs, LiveGraph, ServedTrend, graph_inputs
 from models.evaluate import Split
 from models.graph import UserState, recent_items
 from models.hgnn import HGNN, HGNNConfig, embed, train_hgnn
@@ -36,6 +36,7 @@ from models.twotower import (
     train_two_tower,
     user_item_features,
     user_vectors,
+    with_levels,
 )
 
 
@@ -107,6 +108,22 @@ def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: 
     return train_for_serving(split, encoder, config, root, fingerprint, trend_tau), True
 
 
+def served_trend(meta: dict[str, Any]) -> ServedTrend | None:
+    """The trend a model directory's ``config.json`` says its towers read: ``trend_tau`` (seconds or null) and
+    ``trend_epoch`` (seconds) when its two-tower has ``trend`` on; None for a model without it."""
+    if not meta["config"]["two_tower"].get("trend", False):
+        return None
+    if "trend_tau" not in meta or meta.get("trend_epoch") is None:
+        raise ValueError(f"model {meta.get('version')!r} reads the trend but its config.json has no "
+                         "trend_tau / trend_epoch")
+    return ServedTrend(meta["trend_tau"], float(meta["trend_epoch"]))
+
+
+def distance_of(trend: ServedTrend | None) -> Distance:
+    """The store's distance for a model: the plain dot product with the trend coordinate, cosine without."""
+    return "cosine" if trend is None else "dot"
+
+
 class UserTower:
     """The trained user tower as a :class:`~models.embedding.UserComposer`: a user's vector from their state and
     their history items' user-tower features (:func:`~models.twotower.user_item_features`), through
@@ -119,18 +136,21 @@ class UserTower:
         config: the towers' configuration.
         version: the model version.
         device: where the tower runs.
+        trend: the trend the model reads (its user vectors end with the user's weight for it), or None.
     """
 
     reads_features = True
 
     def __init__(self, towers: TwoTower, type_names: list[str], config: TwoTowerConfig, version: str,
-                 device: torch.device) -> None:
+                 device: torch.device, trend: ServedTrend | None = None) -> None:
         self.towers = towers
         self.type_names = type_names
         self.config = config
         self.version = version
         self.device = device
-        self.dim = config.dim
+        self.trend = trend
+        self.dim = towers.out_dim
+        self.distance = distance_of(trend)
         self._codes = {name: k for k, name in enumerate(type_names)}
         self._forward = NumpyUserTower(towers)
 
@@ -142,7 +162,7 @@ class UserTower:
         towers = TwoTower.for_config(meta["config"]["hgnn"]["out"], meta["text_dim"], len(meta["type_names"]), config)
         towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
         device = device or torch.device("cpu")
-        return cls(towers.to(device).eval(), meta["type_names"], config, meta["version"], device)
+        return cls(towers.to(device).eval(), meta["type_names"], config, meta["version"], device, served_trend(meta))
 
     def history(self, state: UserState) -> list[str]:
         """Per known type, the ``config.history`` newest items of ``state`` (what the tower averages)."""
@@ -164,7 +184,10 @@ class UserTower:
 
 class TrainedModel:
     """The trained 2T-HGNN as a :class:`~models.embedding.VectorModel`: item vectors read 2 hops (the HGNN's
-    layers); user vectors are composed by :attr:`composer` from the items' user-tower features.
+    layers); user vectors are composed by :attr:`composer` from the items' user-tower features. A model trained
+    with the trend (``config.json``: ``trend_tau``, ``trend_epoch``) has :attr:`trend` set: its item vectors end
+    with the item's level (which the refresher hands over, rebased to the model's epoch), its vectors are one
+    coordinate wider and ranked by the plain dot product.
 
     Args:
         directory: a model directory written by :func:`train_for_serving`.
@@ -189,11 +212,14 @@ class TrainedModel:
         self.towers = TwoTower.for_config(hgnn_config.out, meta["text_dim"], len(self.type_names), self.tt_config)
         self.towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
         self.towers.to(self.device).eval()
-        self.dim = self.tt_config.dim
+        self.trend = served_trend(meta)
+        self.distance = distance_of(self.trend)
+        self.dim = self.towers.out_dim
         self.hops = 2
         self.layers = IncrementalHGNN(self.hgnn, self.type_names, self.device)
         """The HGNN's layers over the refresher's live graph, refreshed where their inputs changed."""
-        self._composer = UserTower(self.towers, self.type_names, self.tt_config, self.version, self.device)
+        self._composer = UserTower(self.towers, self.type_names, self.tt_config, self.version, self.device,
+                                   self.trend)
 
     @property
     def composer(self) -> UserTower:
@@ -214,7 +240,7 @@ class TrainedModel:
         return self.layers.degree[: len(graph)]
 
     @torch.no_grad()
-    def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
+    def item_vectors(self, rows: Sequence[int], graph: LiveGraph, levels: np.ndarray | None = None) -> np.ndarray:
         index = np.asarray(rows, dtype=np.int64)
         embedding = self.hgnn_embeddings(graph)[index]
         codes = np.maximum(self._type_codes(graph)[index], 0)
@@ -222,7 +248,7 @@ class TrainedModel:
                                 torch.from_numpy(graph.text(index)).to(self.device),
                                 torch.from_numpy(codes).to(self.device),
                                 torch.from_numpy(self.degrees(graph)[index]).to(self.device))
-        vectors = out.cpu().numpy()
+        vectors = with_levels(self.towers, out.cpu().numpy(), levels)  # with the trend, the level last
         vectors[~graph.has_text(index)] = 0.0  # not in the catalogue yet: wait for its text
         return vectors
 

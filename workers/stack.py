@@ -308,8 +308,7 @@ def demo_train_config(settings: Settings) -> TrainConfig:
     return TrainConfig(graph=settings.streams.graph_config(),
                        hgnn=HGNNConfig(hidden=32, out=32, epochs=20, batch_edges=1024, edges_per_relation=4096),
                        two_tower=TwoTowerConfig(dim=32, hidden=128, epochs=30, batch=256, lr=3e-3,
-                                                uniform_negatives=64, history=settings.streams.history_per_type,
-                                                trend=False))  # the live levels are served by branch trend
+                                                uniform_negatives=64, history=settings.streams.history_per_type))
 
 
 def ensure_model(settings: Settings) -> tuple[Settings, str]:

@@ -17,6 +17,7 @@ from models.text import HashingEncoder
 from models.train import MODELS, TrainConfig, choose_trend_tau, histories_list, run_evaluation, write_report
 from models.twotower import TrendLevels, TwoTowerConfig, item_vectors, train_two_tower, user_item_features, user_vectors
 from monitoring.metrics import RefresherMetrics
+from streams.agents import empty_levels
 from streams.records import CatalogItem, ItemUpdate, UserUpdate
 from vectorstore.compose import ComposedUsers
 from vectorstore.server import ServerStore
@@ -92,7 +93,7 @@ def test_trained_model_serves_through_the_refresher(dataset, tmp_path):
     catalog = {i.item_id: CatalogItem(item_id=i.item_id, item_type=i.item_type, title=i.title,
                                       description=i.text) for i in data.items}
     items = {"p0000": ItemUpdate(item_id="p0000", item_type="podcast",
-                                 adjacency={"a0001": ["audiobook", 3, 1.0]})}
+                                 adjacency={"a0001": ["audiobook", 3, 1.0]}, levels=empty_levels())}
     state = {"recent": {"podcast": [["p0000", 1.0]], "audiobook": [["a0001", 2.0]]},
              "consumed": {"p0000": 1.0, "a0001": 2.0}, "event_ids": {}, "counts": {"podcast": 1, "audiobook": 1}}
     refresher.apply(Changes(catalog, items, {"u": UserUpdate(user_id="u", state=state, event_ts=1.0)}))
