@@ -10,12 +10,19 @@ blocks. Node features are the items' text embeddings. For a node :math:`i` of ty
 
 with co-count weights :math:`w_{ij}` (a weighted mean, applied as a row-normalised CSR matrix: full-graph
 message passing with no sampler), ReLU between layers, a linear projection of the text added to the output
-(``text_skip``: the graph adds to the text instead of replacing it), and L2-normalised outputs. Trained by link
-prediction on co-interaction edges with 2T-HGNN's balanced multi-link sampler (each epoch, every relation
-contributes as many edges as the smallest one, capped); each step runs the full graph once and takes a chunk of
-every relation; each edge's softmax contrasts its destination with uniform negatives of the destination type
-and, with ``in_batch``, with the other destinations of its block of edges (mixed negatives, Yang et al. 2020).
-Inductive: an item unseen in training is embedded from its text and whatever edges it has.
+(``text_skip``: the graph adds to the text instead of replacing it), and L2-normalised outputs. The text enters
+whitened (``whiten``: centred and decorrelated over the training items' text, a fixed transform stored with the
+weights): text embeddings share one large direction, and without it the layers spend their few steps on it.
+
+Trained by link prediction on co-interaction edges with a balanced multi-link sampler: each epoch every relation
+contributes the same number of edges (the largest relation's size, capped), drawn in proportion to their
+co-counts (``edge_power``), so the positives follow co-occurrence instead of the pruned adjacency lists; each edge
+is trained in both directions (``direction``), each end scored by softmax among items of its type against
+negatives shared by the step's edges (``shared_negatives``, uniform: the learned score keeps each item's
+popularity, which the ranking needs) and optionally per-edge and in-batch ones (mixed negatives, Yang et al.
+2020; off by default, they remove popularity). Each step runs the full graph once and takes a chunk of every
+relation; the first layer's neighbour means of the fixed inputs are computed once per training. Inductive: an
+item unseen in training is embedded from its text and whatever edges it has.
 """
 
 from __future__ import annotations
