@@ -54,7 +54,7 @@ class HGNNConfig:
     """Edges per relation and step; one step (one full-graph forward) takes a chunk of every relation."""
     lr: float = 5e-3
     weight_decay: float = 1e-5
-    temperature: float = 0.1
+    temperature: float = 0.05
     negatives: int = 0
     """Negatives of the destination type per edge (uniform, or see ``negative_power``)."""
     shared_negatives: int = 512

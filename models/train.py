@@ -41,9 +41,9 @@ MODELS = ("popularity", "cooc_knn", "cooc_knn_raw", "llm_knn", "hgnn", "2t_no_gn
           "2t_hgnn_no_retrain")
 
 PREVIOUS_HGNN: dict[str, Any] = {"edges_per_relation": 20_000, "negatives": 4, "shared_negatives": 0, "in_batch": True,
-                                 "edge_power": 0.0, "direction": "owner", "whiten": False}
+                                 "edge_power": 0.0, "direction": "owner", "whiten": False, "temperature": 0.1}
 """The HGNN training of the reports before the HGNN levers (issue 7): uniform edges of the pruned adjacency, owner
-side only, 4 uniform and in-batch negatives, raw text, at most 20k edges per relation and epoch."""
+side only, 4 uniform and in-batch negatives, raw text, at most 20k edges per relation and epoch, temperature 0.1."""
 
 ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn+user_text": ({}, {"user_text": True}),
@@ -59,6 +59,7 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-no_whiten": ({"whiten": False}, {}),
     "2t_hgnn-no_edge_weights": ({"edge_power": 0.0}, {}),
     "2t_hgnn-owner_only": ({"direction": "owner"}, {}),
+    "2t_hgnn-temperature_0.1": ({"temperature": 0.1}, {}),
     "2t_hgnn-previous_hgnn": (PREVIOUS_HGNN, {}),
     "2t_hgnn-all_off": ({**PREVIOUS_HGNN, "in_batch": False, "text_skip": False},
                         {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False,
