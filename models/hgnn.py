@@ -10,12 +10,19 @@ blocks. Node features are the items' text embeddings. For a node :math:`i` of ty
 
 with co-count weights :math:`w_{ij}` (a weighted mean, applied as a row-normalised CSR matrix: full-graph
 message passing with no sampler), ReLU between layers, a linear projection of the text added to the output
-(``text_skip``: the graph adds to the text instead of replacing it), and L2-normalised outputs. Trained by link
-prediction on co-interaction edges with 2T-HGNN's balanced multi-link sampler (each epoch, every relation
-contributes as many edges as the smallest one, capped); each step runs the full graph once and takes a chunk of
-every relation; each edge's softmax contrasts its destination with uniform negatives of the destination type
-and, with ``in_batch``, with the other destinations of its block of edges (mixed negatives, Yang et al. 2020).
-Inductive: an item unseen in training is embedded from its text and whatever edges it has.
+(``text_skip``: the graph adds to the text instead of replacing it), and L2-normalised outputs. The text enters
+whitened (``whiten``: centred and decorrelated over the training items' text, a fixed transform stored with the
+weights): text embeddings share one large direction, and without it the layers spend their few steps on it.
+
+Trained by link prediction on co-interaction edges with a balanced multi-link sampler: each epoch every relation
+contributes the same number of edges (the largest relation's size, capped), drawn in proportion to their
+co-counts (``edge_power``), so the positives follow co-occurrence instead of the pruned adjacency lists; each edge
+is trained in both directions (``direction``), each end scored by softmax among items of its type against
+negatives shared by the step's edges (``shared_negatives``, uniform: the learned score keeps each item's
+popularity, which the ranking needs) and optionally per-edge and in-batch ones (mixed negatives, Yang et al.
+2020; off by default, they remove popularity). Each step runs the full graph once and takes a chunk of every
+relation; the first layer's neighbour means of the fixed inputs are computed once per training. Inductive: an
+item unseen in training is embedded from its text and whatever edges it has.
 """
 
 from __future__ import annotations
@@ -41,21 +48,42 @@ class HGNNConfig:
     hidden: int = 128
     out: int = 128
     epochs: int = 10
-    edges_per_relation: int = 20_000
+    edges_per_relation: int = 100_000
     """Cap on the balanced sample per relation and epoch."""
     batch_edges: int = 4096
     """Edges per relation and step; one step (one full-graph forward) takes a chunk of every relation."""
     lr: float = 5e-3
     weight_decay: float = 1e-5
-    temperature: float = 0.1
-    negatives: int = 4
-    """Uniform negatives of the destination type per edge."""
-    in_batch: bool = True
+    temperature: float = 0.05
+    negatives: int = 0
+    """Negatives of the destination type per edge (uniform, or see ``negative_power``)."""
+    shared_negatives: int = 512
+    """Negatives of the destination type drawn once per step and relation and shared by all its edges (a
+    matrix product instead of a gather per edge, so many cost little); a negative that is the edge's own
+    destination is masked."""
+    in_batch: bool = False
     """Also contrast each edge with the other destinations of its block of ``in_batch_block`` edges (mixed
     negatives, Yang et al. 2020)."""
     in_batch_block: int = 512
+    edge_power: float = 1.0
+    """Positive edges drawn with replacement in proportion to ``co-count ** edge_power``, as many from every
+    relation each epoch as the largest relation has (capped at ``edges_per_relation``); 0: the balanced sample
+    without replacement (every relation as many edges as the smallest one, capped)."""
+    negative_power: float = 0.0
+    """Negatives of the destination type drawn in proportion to ``weighted degree ** negative_power`` (0:
+    uniform)."""
+    direction: str = "both"
+    """Which end of an edge (neighbour -> owner) is predicted from the other: ``owner`` (the neighbour's
+    embedding scores the owner among items of the owner's type), ``neighbour`` (the reverse) or ``both``."""
     text_skip: bool = True
     """Add a linear projection of the text to the output, so the graph adds to the text."""
+    whiten: bool = True
+    """Whiten the text features (centred, decorrelated, each direction scaled to the same variance, fitted on
+    the training items' text) before the first layer: text embeddings share a large common direction and their
+    informative directions have small variance, which the layers otherwise need many steps to amplify."""
+    whiten_eps: float = 1e-2
+    """Added to the covariance's eigenvalues, relative to their mean, before whitening (bounds the amplification
+    of the weakest directions)."""
     seed: int = 0
 
 
@@ -83,6 +111,38 @@ class HGNN(nn.Module):
                                 aggr="sum")
         node_types = sorted({t for et in edge_types for t in (et[0], et[2])})
         self.skip = nn.ModuleDict({t: nn.Linear(in_dim, out) for t in node_types} if text_skip else {})
+        self.input_mean: Tensor
+        self.input_map: Tensor
+        self.input_fitted: Tensor
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_map", torch.eye(in_dim))
+        self.register_buffer("input_fitted", torch.zeros((), dtype=torch.bool))
+
+    def fit_inputs(self, text: np.ndarray, eps: float) -> None:
+        """Set the input transform to whiten ``text`` (rows: items): ``(x - mean) @ map`` has identity covariance
+        over ``text`` divided by the input size, so a whitened row has the squared norm of a unit text vector on
+        average. ``eps`` (relative to the mean eigenvalue) is added to the covariance's eigenvalues."""
+        x = torch.from_numpy(np.asarray(text, dtype=np.float64))
+        mean = x.mean(0)
+        centred = x - mean
+        values, vectors = torch.linalg.eigh(centred.T @ centred / max(len(x), 1))
+        values = values.clamp(min=0) + eps * values.clamp(min=0).mean()
+        transform = vectors @ torch.diag(values.rsqrt()) @ vectors.T / np.sqrt(x.shape[1])
+        self.input_mean.copy_(mean.float())
+        self.input_map.copy_(transform.float())
+        self.input_fitted.fill_(True)
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """The input transform applied to text features ``(N, in_dim)`` (the identity unless fitted)."""
+        return (x - self.input_mean) @ self.input_map if bool(self.input_fitted) else x
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object, **kwargs: object
+                              ) -> None:
+        # models saved before the input transform existed load with the identity
+        state_dict.setdefault(prefix + "input_mean", torch.zeros_like(self.input_mean))
+        state_dict.setdefault(prefix + "input_map", torch.eye(len(self.input_mean)))
+        state_dict.setdefault(prefix + "input_fitted", torch.zeros((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
     def reset_parameters(self) -> None:
         """Re-initialise every weight."""
@@ -91,18 +151,35 @@ class HGNN(nn.Module):
         for layer in self.skip.values():
             layer.reset_parameters()  # type: ignore[operator]
 
-    def forward(self, x: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
+    def aggregate(self, x: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[EdgeType, Tensor]:
+        """The first layer's neighbour means of prepared inputs ``x`` (per relation ``adj @ x[src]``): fixed while
+        the text and the graph are, so training computes them once."""
+        return {et: torch.sparse.mm(adj[et], x[et[0]]) for et in self.edge_types if et in adj}
+
+    def forward(self, x: dict[str, Tensor], adj: dict[EdgeType, Tensor], prepared: bool = False,
+                aggregated: dict[EdgeType, Tensor] | None = None) -> dict[str, Tensor]:
         """Embed every node.
 
         Args:
-            x: per node type, features ``(N_t, in_dim)``.
+            x: per node type, text features ``(N_t, in_dim)``.
             adj: per relation ``(s, co, t)``, the row-normalised adjacency ``(N_t, N_s)`` (sparse CSR).
+            prepared: ``x`` has already been through :meth:`inputs` (training transforms it once).
+            aggregated: the first layer's neighbour means (:meth:`aggregate`), when computed once for many steps.
 
         Returns:
             Per node type, L2-normalised embeddings ``(N_t, out)``.
         """
         adj = {et: a for et, a in adj.items() if et in self.edge_types}
-        h = self.conv1(x, adj)
+        if not prepared:
+            x = {t: self.inputs(v) for t, v in x.items()}
+        if aggregated is None:
+            h = self.conv1(x, adj)
+        else:  # the first layer from its fixed neighbour means: SAGEConv's lin_l(mean) + lin_r(own), summed
+            h = {}
+            for et, mean in aggregated.items():
+                block = self.conv1.convs[et]  # type: ignore[index]
+                part = block.lin_l(mean) + block.lin_r(x[et[2]])
+                h[et[2]] = h[et[2]] + part if et[2] in h else part
         h = {t: torch.relu(v) for t, v in h.items()}
         h = self.conv2(h, adj)
         out = {t: h[t] if t in h else x[t].new_zeros(len(x[t]), self.out) for t in x}
@@ -174,12 +251,37 @@ class TypedGraph:
         return out
 
 
-def balanced_edges(graph: TypedGraph, cap: int, rng: np.random.Generator) -> dict[EdgeType, np.ndarray]:
-    """2T-HGNN's multi-link sampler: per relation, a sample of edge positions of the smallest relation's size
-    (capped), so large relations do not drown small ones."""
+def balanced_edges(graph: TypedGraph, cap: int, rng: np.random.Generator, power: float = 0.0
+                   ) -> dict[EdgeType, np.ndarray]:
+    """2T-HGNN's multi-link sampler: per relation, a sample of edge positions of the same size, so large
+    relations do not drown small ones. With ``power`` 0, the smallest relation's size (capped at ``cap``), without
+    replacement; otherwise the largest relation's size (capped at ``cap``), with replacement, in proportion to
+    ``weight ** power``."""
     present = {et: e for et, e in graph.edges.items() if len(e[0])}
-    size = min(cap, min(len(e[0]) for e in present.values()))
-    return {et: rng.choice(len(e[0]), size=size, replace=False) for et, e in present.items()}
+    if power == 0:
+        size = min(cap, min(len(e[0]) for e in present.values()))
+        return {et: rng.choice(len(e[0]), size=size, replace=False) for et, e in present.items()}
+    size = min(cap, max(len(e[0]) for e in present.values()))
+    out = {}
+    for et, (_, _, w) in present.items():
+        p = w.astype(np.float64) ** power
+        out[et] = rng.choice(len(w), size=size, replace=True, p=p / p.sum())
+    return out
+
+
+def negative_weights(graph: TypedGraph, power: float) -> dict[str, np.ndarray]:
+    """Per type, the probability of drawing each item as a negative: ``weighted degree ** power``, normalised
+    (items with no edge get the smallest positive degree's weight, so every item can be drawn)."""
+    out = {}
+    for t, index in graph.members.items():
+        degree = np.zeros(len(index), dtype=np.float64)
+        for (_, _, tb), (_, d, w) in graph.edges.items():
+            if tb == t:
+                np.add.at(degree, d, w)
+        floor = degree[degree > 0].min() if (degree > 0).any() else 1.0
+        p = np.maximum(degree, floor) ** power
+        out[t] = p / p.sum()
+    return out
 
 
 def train_hgnn(graph: TypedGraph, text: np.ndarray, config: HGNNConfig, device: torch.device
@@ -187,20 +289,29 @@ def train_hgnn(graph: TypedGraph, text: np.ndarray, config: HGNNConfig, device: 
     """Train the HGNN by link prediction; returns the model and the mean loss of each epoch."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = HGNN(text.shape[1], config.hidden, config.out, graph.edges, config.text_skip).to(device)
+    model = HGNN(text.shape[1], config.hidden, config.out, graph.edges, config.text_skip)
+    if config.whiten:
+        model.fit_inputs(text, config.whiten_eps)
+    model.to(device)
+    with torch.no_grad():
+        x = {t: model.inputs(v.to(device)) for t, v in graph.features(text).items()}
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    x = {t: v.to(device) for t, v in graph.features(text).items()}
     adj = {et: a.to(device) for et, a in graph.adjacency().items()}
+    with torch.no_grad():
+        aggregated = model.aggregate(x, adj)
+    negatives = ({t: torch.from_numpy(p).float().to(device)
+                  for t, p in negative_weights(graph, config.negative_power).items()}
+                 if config.negative_power else None)
     losses = []
     for epoch in range(config.epochs):
-        picked = balanced_edges(graph, config.edges_per_relation, rng)
+        picked = balanced_edges(graph, config.edges_per_relation, rng, config.edge_power)
         # one step takes a chunk of every relation: the full-graph forward, the costly part, serves them all
         steps = max(1, min(len(p) for p in picked.values()) // config.batch_edges)
         chunks = {et: np.array_split(rng.permutation(positions), steps) for et, positions in picked.items()}
         total = 0.0
         for step in range(steps):
-            z = model(x, adj)
-            loss = sum((_link_loss(z, graph, et, chunks[et][step], config, device) for et in chunks),
+            z = model(x, adj, prepared=True, aggregated=aggregated)
+            loss = sum((_edge_loss(z, graph, et, chunks[et][step], config, device, negatives) for et in chunks),
                        torch.zeros((), device=device)) / len(chunks)
             optimiser.zero_grad()
             loss.backward()
@@ -212,32 +323,59 @@ def train_hgnn(graph: TypedGraph, text: np.ndarray, config: HGNNConfig, device: 
     return model, losses
 
 
-def _link_loss(z: dict[str, Tensor], graph: TypedGraph, et: EdgeType, chunk: np.ndarray, config: HGNNConfig,
-               device: torch.device) -> Tensor:
-    """Softmax loss of the edges ``chunk`` of relation ``et`` against uniform negatives of the destination type
-    and, with ``in_batch``, the chunk's other destinations."""
-    src_t, _, dst_t = et
-    s, d, _ = graph.edges[et]
-    zs = z[src_t][torch.from_numpy(s[chunk]).to(device)]  # (B, D)
-    zd = z[dst_t][torch.from_numpy(d[chunk]).to(device)]  # (B, D)
-    neg = torch.randint(0, len(graph.members[dst_t]), (len(chunk), config.negatives), device=device)
+def _link_loss(z: dict[str, Tensor], src_t: str, src: np.ndarray, dst_t: str, dst: np.ndarray, config: HGNNConfig,
+               device: torch.device, negatives: dict[str, Tensor] | None = None) -> Tensor:
+    """Softmax loss of the pairs ``(src[k], dst[k])`` (local indices of types ``src_t``, ``dst_t``): each
+    destination against negatives of its type (uniform, or drawn from ``negatives[dst_t]``'s probabilities) and,
+    with ``in_batch``, the other destinations of its block of pairs."""
+    size = len(src)
+    zs = z[src_t][torch.from_numpy(src).to(device)]  # (B, D)
+    zd = z[dst_t][torch.from_numpy(dst).to(device)]  # (B, D)
+    if negatives is None or not config.negatives:
+        neg = torch.randint(0, len(z[dst_t]), (size, config.negatives), device=device)
+    else:
+        neg = torch.multinomial(negatives[dst_t], size * config.negatives, replacement=True).view(
+            size, config.negatives)
     neg_logit = torch.einsum("bd,bkd->bk", zs, z[dst_t][neg]) / config.temperature  # (B, K)
-    if config.in_batch:  # blocks of M edges: column m of a block is edge m's positive, the others its negatives
-        m = min(config.in_batch_block, len(chunk))
-        blocks = len(chunk) // m
-        n = blocks * m  # the remainder of the chunk keeps its uniform negatives only
-        dst = torch.from_numpy(d[chunk[:n]]).to(device).view(blocks, m)
+    if config.shared_negatives:
+        dst_index = torch.from_numpy(dst).to(device)
+        if negatives is None:
+            shared = torch.randint(0, len(z[dst_t]), (config.shared_negatives,), device=device)
+        else:
+            shared = torch.multinomial(negatives[dst_t], config.shared_negatives, replacement=True)
+        shared_logit = (zs @ z[dst_t][shared].T / config.temperature).masked_fill(
+            shared[None, :] == dst_index[:, None], -1e9)  # (B, S)
+        neg_logit = torch.cat([neg_logit, shared_logit], 1)
+    if config.in_batch:  # blocks of M pairs: column m of a block is pair m's positive, the others its negatives
+        m = min(config.in_batch_block, size)
+        blocks = size // m
+        n = blocks * m  # the remainder keeps its uniform negatives only
+        block_dst = torch.from_numpy(dst[:n]).to(device).view(blocks, m)
         block_logit = torch.bmm(zs[:n].view(blocks, m, -1), zd[:n].view(blocks, m, -1).transpose(1, 2))
-        repeat = (dst[:, :, None] == dst[:, None, :]) & ~torch.eye(m, dtype=torch.bool, device=device)
+        repeat = (block_dst[:, :, None] == block_dst[:, None, :]) & ~torch.eye(m, dtype=torch.bool, device=device)
         block_logit = (block_logit / config.temperature).masked_fill(repeat, -1e9).view(n, m)
         rest = (zs[n:] * zd[n:]).sum(-1, keepdim=True) / config.temperature  # (B - n, 1)
         pos_logit = torch.cat([block_logit, nn.functional.pad(rest, (0, m - 1), value=-1e9)])
         labels = torch.cat([torch.arange(m, device=device).repeat(blocks),
-                            torch.zeros(len(chunk) - n, dtype=torch.long, device=device)])
+                            torch.zeros(size - n, dtype=torch.long, device=device)])
     else:
         pos_logit = (zs * zd).sum(-1, keepdim=True) / config.temperature  # (B, 1)
-        labels = torch.zeros(len(chunk), dtype=torch.long, device=device)
+        labels = torch.zeros(size, dtype=torch.long, device=device)
     return nn.functional.cross_entropy(torch.cat([pos_logit, neg_logit], 1), labels)
+
+
+def _edge_loss(z: dict[str, Tensor], graph: TypedGraph, et: EdgeType, chunk: np.ndarray, config: HGNNConfig,
+               device: torch.device, negatives: dict[str, Tensor] | None) -> Tensor:
+    """The link loss of the edges ``chunk`` of relation ``et`` (neighbour -> owner) in the configured
+    direction(s): the owner predicted from the neighbour, the neighbour from the owner, or both (their mean)."""
+    src_t, _, dst_t = et
+    s, d, _ = graph.edges[et]
+    parts = []
+    if config.direction in ("owner", "both"):
+        parts.append(_link_loss(z, src_t, s[chunk], dst_t, d[chunk], config, device, negatives))
+    if config.direction in ("neighbour", "both"):
+        parts.append(_link_loss(z, dst_t, d[chunk], src_t, s[chunk], config, device, negatives))
+    return sum(parts, torch.zeros((), device=device)) / len(parts)
 
 
 @torch.no_grad()

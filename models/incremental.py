@@ -84,6 +84,8 @@ class IncrementalHGNN:
         self.z = np.zeros((0, self.hgnn.out), dtype=np.float32)
         """Per row, the HGNN embedding (unit norm)."""
         self._h1 = torch.zeros((0, self.hidden), device=self.device)
+        self._x = torch.zeros((0, len(self.hgnn.input_mean)), device=self.device)
+        """Per row, the HGNN's input: the text through the model's input transform."""
         self._neighbours: list[tuple[np.ndarray, np.ndarray]] = []
 
     def __len__(self) -> int:
@@ -107,7 +109,10 @@ class IncrementalHGNN:
         inputs = np.union1d(text_rows, new_rows)  # rows whose x changed
         layer1 = np.union1d(np.union1d(inputs, adjacency_rows), self._followers(graph, inputs))
         layer2 = np.union1d(layer1, self._followers(graph, layer1))
-        x = torch.from_numpy(graph.text_matrix()).to(self.device)
+        if len(inputs):  # the input transform (whitening) of the rows whose text changed
+            where = torch.from_numpy(inputs).to(self.device)
+            self._x[where] = self.hgnn.inputs(torch.from_numpy(graph.text_matrix()[inputs]).to(self.device))
+        x = self._x[: len(graph)]
         if len(layer1):
             self._h1[torch.from_numpy(layer1).to(self.device)] = torch.relu(
                 self._layer(self.hgnn.conv1, x, layer1, self.hidden))
@@ -144,6 +149,7 @@ class IncrementalHGNN:
         self.degree = np.concatenate([self.degree, np.zeros(extra, dtype=np.float32)])
         self.z = np.concatenate([self.z, np.zeros((extra, self.z.shape[1]), dtype=np.float32)])
         self._h1 = torch.cat([self._h1, self._h1.new_zeros((extra, self._h1.shape[1]))])
+        self._x = torch.cat([self._x, self._x.new_zeros((extra, self._x.shape[1]))])
         self._neighbours += [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))] * extra
 
     def _parse(self, graph: LiveGraph, row: int) -> None:

@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 MODELS = ("popularity", "popularity_recent", "cooc_knn", "cooc_knn_raw", "llm_knn", "hgnn", "2t_no_gnn",
           "2t_per_type", "2t_hgnn", "2t_hgnn_no_retrain")
 
+PREVIOUS_HGNN: dict[str, Any] = {"edges_per_relation": 20_000, "negatives": 4, "shared_negatives": 0, "in_batch": True,
+                                 "edge_power": 0.0, "direction": "owner", "whiten": False, "temperature": 0.1}
+"""The HGNN training of the reports before the HGNN levers (issue 7): uniform edges of the pruned adjacency, owner
+side only, 4 uniform and in-batch negatives, raw text, at most 20k edges per relation and epoch, temperature 0.1."""
+
 ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn+user_text": ({}, {"user_text": True}),
     "2t_hgnn-no_last_item": ({}, {"last_item": False}),
@@ -61,9 +66,14 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-no_time_weighted": ({}, {"time_weighted": False}),
     "2t_hgnn-no_trend": ({}, {"trend": False}),
     "2t_hgnn-30_examples": ({}, {"examples_per_user": 30}),
-    "2t_hgnn-no_in_batch": ({"in_batch": False}, {}),
+    "2t_hgnn+in_batch": ({"in_batch": True}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
-    "2t_hgnn-all_off": ({"in_batch": False, "text_skip": False},
+    "2t_hgnn-no_whiten": ({"whiten": False}, {}),
+    "2t_hgnn-no_edge_weights": ({"edge_power": 0.0}, {}),
+    "2t_hgnn-owner_only": ({"direction": "owner"}, {}),
+    "2t_hgnn-temperature_0.1": ({"temperature": 0.1}, {}),
+    "2t_hgnn-previous_hgnn": (PREVIOUS_HGNN, {}),
+    "2t_hgnn-all_off": ({**PREVIOUS_HGNN, "in_batch": False, "text_skip": False},
                         {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False,
                          "uniform_negatives": 0, "item_bias": False, "exclude_consumed": False,
                          "time_weighted": False, "trend": False}),
@@ -258,6 +268,9 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         return (replace(config.hgnn, seed=seed) if seed_hgnn else config.hgnn), replace(config.two_tower, seed=seed)
 
     add("hgnn", lambda seed: embedding_scorer(split, hgnn_embeddings(seeded(seed)[0]), config.two_tower.history))
+    add("hgnn_previous", lambda seed: embedding_scorer(  # the HGNN alone as trained before its levers
+        split, hgnn_embeddings(replace(seeded(seed)[0], **PREVIOUS_HGNN)), config.two_tower.history),
+        {"hgnn": PREVIOUS_HGNN})
     histories = histories_list(split, config.graph)
     num_types = len(split.type_names)
 
