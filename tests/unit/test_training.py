@@ -81,7 +81,7 @@ def test_time_split_validation_cut_never_sees_the_test_period(dataset):
 def test_trained_model_serves_through_the_refresher(dataset, tmp_path):
     folder, data = dataset
     encoder = HashingEncoder(64)
-    no_trend = replace(SMALL, two_tower=replace(SMALL.two_tower, trend=False))  # the live levels: branch trend
+    no_trend = replace(SMALL, two_tower=replace(SMALL.two_tower, trend=False))  # cosine; trend: test_features
     directory = train_for_serving(load_split(folder, everything=True), encoder, no_trend, tmp_path, "abc")
     meta = json.loads((directory / "config.json").read_text())
     assert meta["data_fingerprint"] == "abc" and meta["type_names"] == ["audiobook", "podcast"]
