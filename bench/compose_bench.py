@@ -150,7 +150,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gfm-compose-"))
     try:
         store = EdgeStore(root / "qdrant")
-        store.ensure(tower.dim)
+        store.ensure(tower.dim, tower.distance)
         vectors = rng.normal(size=(args.items, tower.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         features = rng.normal(size=(args.items, width)).astype(np.float32)

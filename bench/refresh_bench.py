@@ -333,7 +333,8 @@ def main() -> None:
         histories.setdefault(user, []).append(item)
     split = Split(args.data.resolve().name, catalogue, index, type_names, item_type, train, histories,
                   {t: [] for t in type_names}, "all-events")
-    config = replace(TrainConfig(), hgnn=HGNNConfig(epochs=1), two_tower=TwoTowerConfig(epochs=1))
+    # trend off: the live levels are served by branch trend
+    config = replace(TrainConfig(), hgnn=HGNNConfig(epochs=1), two_tower=TwoTowerConfig(epochs=1, trend=False))
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         directory = train_for_serving(split, encoder, config, Path(tmp), "bench")

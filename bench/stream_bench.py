@@ -64,7 +64,15 @@ from workers.refresher import Refresher, RefresherLoop  # noqa: E402
 from workers.services import build_encoder, build_model, build_store  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 from workers.stack import settings_env, start_broker  # noqa: E402
-from workers.statecheck import TopicMirror, changelog_topics, compare, fold_pairs_topic, reference, stream_state  # noqa: E402
+from workers.statecheck import (  # noqa: E402
+    TopicMirror,
+    changelog_topics,
+    compare,
+    fold_pairs_topic,
+    reference,
+    stream_levels,
+    stream_state,
+)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -159,10 +167,13 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
                     cpu_before = cpu_seconds(worker.pid)
             if count > seen:
                 seen, last = count, now
-            new_pairs = metrics.get("gfm_graph_pairs_total", 0.0)
+            new_pairs = metrics.get("gfm_graph_pairs_total", 0.0) + metrics.get("gfm_trend_consumptions_total", 0.0)
             if new_pairs > pairs:
                 pairs, pairs_last_change = new_pairs, now
-            if produced and seen >= produced[0].sent and pairs >= metrics.get("gfm_graph_pairs_published_total", 0):
+            # done when every published pair is merged and every consumption folded into its item's levels
+            published = (metrics.get("gfm_graph_pairs_published_total", 0)
+                         + metrics.get('gfm_stream_events_total{outcome="consumed"}', 0))
+            if produced and seen >= produced[0].sent and pairs >= published:
                 break
             if first is not None and now - max(last or 0, pairs_last_change) > 60:
                 raise RuntimeError(f"no progress for 60 s at {seen} events; see {settings.var_dir}")
@@ -179,7 +190,8 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
             "events_applied_s": round(last - origin, 2),
             "graph_done_s": round(done, 2),
             "events_per_s_end_to_end": round(seen / done),
-            "pairs_merged": pairs,
+            "pairs_merged": metrics.get("gfm_graph_pairs_total", 0.0),
+            "consumptions_folded": metrics.get("gfm_trend_consumptions_total", 0.0),
             "worker_peak_rss_mib": round(peak_rss_mib(worker.pid)),
             "broker_peak_rss_mib": round(peak_rss_mib(broker.pid)),
             "worker_cpu_s": round(cpu, 2),
@@ -224,11 +236,12 @@ def check_state(settings: Settings, events: list[ListenEvent]) -> dict[str, Any]
     try:
         mirror.refresh(idle_s=2.0, limit_s=600.0)
         users, adjacency = stream_state(mirror, settings.streams.app_id)
+        levels = stream_levels(mirror, settings.streams.app_id)
         pairs_fold = fold_pairs_topic(mirror, pairs_topic, settings.streams.graph_config().max_degree)
     finally:
         mirror.close()
-    expected, uncapped = reference(events, settings.streams.graph_config())
-    return compare(users, adjacency, expected, uncapped, pairs_fold).as_dict()
+    expected = reference(events, settings.streams.graph_config())
+    return compare(users, adjacency, expected.graph, expected.uncapped, pairs_fold, levels, expected.levels).as_dict()
 
 
 class Recorder:

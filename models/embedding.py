@@ -15,11 +15,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
+from models import trend
 from models.graph import Adjacency, UserState, recent_items
+
+Distance = Literal["cosine", "dot"]
+"""How the vector store ranks a model's vectors: cosine for unit vectors, the plain dot product for a model with
+the trend coordinate (an item's level and a user's weight for it, which no normalisation may touch)."""
+
+
+@dataclass(frozen=True)
+class ServedTrend:
+    """The trend coordinate a served model reads (``models/trend.py``): its time constant, one of
+    :data:`models.trend.TAUS`, and the epoch its levels are relative to.
+
+    The stream keeps every item's level for every time constant relative to the epoch 0; :meth:`levels` picks the
+    model's and moves it to the model's epoch (:func:`models.trend.rebase`), where float32 vectors keep it exact.
+    """
+
+    tau: float | None
+    epoch: float
+
+    def __post_init__(self) -> None:
+        if self.tau not in trend.TAUS:
+            raise ValueError(f"trend time constant {self.tau!r} is not one the stream keeps ({trend.TAUS})")
+
+    def levels(self, graph: LiveGraph, rows: Sequence[int]) -> np.ndarray:
+        """The levels of the items at ``rows``, for this time constant, rebased to this epoch (float64)."""
+        return np.asarray(trend.rebase(graph.levels(rows, self.tau), self.tau, self.epoch), dtype=np.float64)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -56,6 +82,8 @@ class LiveGraph:
     """Per row, the :attr:`version` of its last text change (0: none)."""
     _adjacency_version: np.ndarray = field(init=False)
     """Per row, the :attr:`version` of its last adjacency change (0: none)."""
+    _levels: np.ndarray = field(init=False)
+    """Per row, the trend levels the stream keeps (one per :data:`models.trend.TAUS`, epoch 0, float64)."""
 
     def __post_init__(self) -> None:
         self._text = np.zeros((1024, self.text_dim), dtype=np.float32)
@@ -64,6 +92,7 @@ class LiveGraph:
         self._has_vector = np.zeros(1024, dtype=bool)
         self._text_version = np.zeros(1024, dtype=np.int64)
         self._adjacency_version = np.zeros(1024, dtype=np.int64)
+        self._levels = np.full((1024, len(trend.TAUS)), trend.EMPTY_LEVEL)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,6 +111,7 @@ class LiveGraph:
             self._has_vector = np.concatenate([self._has_vector, np.zeros(grow, dtype=bool)])
             self._text_version = np.concatenate([self._text_version, np.zeros(grow, dtype=np.int64)])
             self._adjacency_version = np.concatenate([self._adjacency_version, np.zeros(grow, dtype=np.int64)])
+            self._levels = np.concatenate([self._levels, np.full((grow, len(trend.TAUS)), trend.EMPTY_LEVEL)])
         self.rows[item_id] = index
         self.ids.append(item_id)
         self.types.append(item_type)
@@ -112,6 +142,24 @@ class LiveGraph:
         index = self.row(item_id, item_type)
         self._adjacency_version[index] = self.version
         return index
+
+    def same_adjacency(self, item_id: str, adjacency: Adjacency) -> bool:
+        """Whether ``item_id`` is known with exactly this adjacency (an update that only moved its levels)."""
+        return self.adjacency.get(item_id) == adjacency
+
+    def set_levels(self, item_id: str, item_type: str, levels: Sequence[float]) -> bool:
+        """Record an item's trend levels (one per :data:`models.trend.TAUS`); returns whether they changed. Levels
+        are not an input of the HGNN: they do not bump :attr:`version`."""
+        index = self.row(item_id, item_type)
+        new = np.asarray(levels, dtype=np.float64)
+        if np.array_equal(self._levels[index], new):
+            return False
+        self._levels[index] = new
+        return True
+
+    def levels(self, rows: Sequence[int] | np.ndarray, tau: float | None) -> np.ndarray:
+        """The trend levels of ``rows`` for the time constant ``tau`` (epoch 0, float64)."""
+        return self._levels[np.asarray(rows, dtype=np.int64), trend.TAUS.index(tau)]
 
     def changed_since(self, version: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows whose text, and rows whose adjacency, changed after :attr:`version` was ``version``."""
@@ -189,6 +237,8 @@ class UserComposer(Protocol):
 
     version: str
     dim: int
+    distance: Distance
+    """How the store must rank this model's vectors (the collection is created with it)."""
     reads_features: bool
     """True: it reads each item's user-tower features (:meth:`VectorModel.user_features`, stored beside the item's
     vector); False: the item's vector."""
@@ -208,16 +258,22 @@ class VectorModel(Protocol):
 
     version: str
     dim: int
+    """The size of the vectors, the trend coordinate included."""
     hops: int
     """How many hops of neighbours an item vector reads (see :meth:`LiveGraph.affected`)."""
+    trend: ServedTrend | None
+    """The trend the item vectors read (their last coordinate is the item's level), or None."""
+    distance: Distance
 
     @property
     def composer(self) -> UserComposer:
         """The query-time user side of this model."""
         ...
 
-    def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
-        """Vectors of the items at ``rows``: shape ``(len(rows), dim)``, unit norm."""
+    def item_vectors(self, rows: Sequence[int], graph: LiveGraph, levels: np.ndarray | None = None) -> np.ndarray:
+        """Vectors of the items at ``rows``: shape ``(len(rows), dim)``; unit norm without the trend. ``levels``:
+        the items' levels as :meth:`ServedTrend.levels` gives them (required when :attr:`trend` is set, ignored
+        otherwise)."""
         ...
 
     def user_features(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray | None:
@@ -249,6 +305,8 @@ class TextPropagationModel:
     """
 
     hops = 1
+    trend: ServedTrend | None = None
+    distance: Distance = "cosine"
 
     def __init__(self, encoder_name: str, dim: int, beta: float = 1.0, history: int = 50) -> None:
         self.dim = dim
@@ -256,7 +314,7 @@ class TextPropagationModel:
         self.history_size = history
         self.version = f"textprop-{encoder_name}-b{beta:g}"
 
-    def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
+    def item_vectors(self, rows: Sequence[int], graph: LiveGraph, levels: np.ndarray | None = None) -> np.ndarray:
         out = graph.text(rows).copy()  # (N, D)
         for k, row in enumerate(rows):
             adjacency = graph.adjacency.get(graph.ids[row])

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import trend
 from models.datasets import Item, iter_events, load_items
 
 K_HIT = 10
@@ -60,6 +61,21 @@ class Split:
     def items_of(self, type_name: str) -> np.ndarray:
         """Indices of the items of one type."""
         return np.flatnonzero(self.item_type == self.type_names.index(type_name))
+
+    @property
+    def now(self) -> float:
+        """The time the targets are predicted at: the time split's cut, else the last training event's time
+        (the holdout's targets have no time)."""
+        if self.cut is not None:
+            return self.cut
+        return max((ts for _, _, ts in self.train), default=0.0)
+
+    def levels(self, tau: float | None) -> np.ndarray:
+        """Every item's trend level at :attr:`now` from the training events (:func:`models.trend.levels`, epoch
+        :attr:`now`): what a server at that time holds."""
+        items = np.fromiter((i for _, i, _ in self.train), dtype=np.int64, count=len(self.train))
+        ts = np.fromiter((t for _, _, t in self.train), dtype=np.float64, count=len(self.train))
+        return trend.levels(items, ts, len(self.items), tau, self.now)
 
 
 def load_split(folder: Path, split: str = "test", everything: bool = False) -> Split:
@@ -219,6 +235,33 @@ def evaluate_scorer(split: Split, model: str, scorer: Scorer, type_name: str, ba
 def popularity_scorer(split: Split) -> Scorer:
     """Everyone gets the most consumed items."""
     return lambda users, candidates: np.tile(split.popularity[candidates], (len(users), 1))
+
+
+def recent_popularity_scorer(split: Split, tau: float | None) -> Scorer:
+    """Everyone gets the most trending items: the decayed consumption count at :attr:`Split.now`
+    (:func:`models.trend.levels`, time constant ``tau``; None: all-time popularity)."""
+    levels = split.levels(tau)
+    return lambda users, candidates: np.tile(levels[candidates], (len(users), 1))
+
+
+def trend_tau_scores(split: Split) -> dict[float | None, float]:
+    """Per time constant of :data:`models.trend.TAUS`, the decayed-popularity scorer's HR@10 on ``split``'s
+    targets, averaged over the item types that have targets."""
+    types = [t for t in split.type_names if split.targets[t]]
+    if not types:
+        raise ValueError(f"{split.name}: no targets to choose the trend's time constant on")
+    return {tau: float(np.mean([evaluate_scorer(split, "popularity_recent", recent_popularity_scorer(split, tau),
+                                                t).hr10 for t in types]))
+            for tau in trend.TAUS}
+
+
+def select_trend_tau(valid: Split) -> tuple[float | None, dict[float | None, float]]:
+    """The trend's time constant, chosen on validation data (``load_split(folder, "valid")``, never the test
+    targets): the one of :data:`models.trend.TAUS` whose decayed popularity has the best mean HR@10 over the item
+    types; ties go to the slower decay (None, no decay, slowest of all). Returns it and every constant's score."""
+    scores = trend_tau_scores(valid)
+    best = max(scores, key=lambda tau: (scores[tau], np.inf if tau is None else tau))
+    return best, scores
 
 
 def cooc_scorer(split: Split, normalise: bool = True) -> Scorer:

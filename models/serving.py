@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.embedding import ItemInputs, LiveGraph, graph_inputs
+from models.embedding import Distance, ItemInputs, LiveGraph, ServedTrend, graph_inputs
 from models.evaluate import Split
 from models.graph import UserState, recent_items
 from models.hgnn import HGNN, HGNNConfig, embed, train_hgnn
@@ -36,12 +36,15 @@ from models.twotower import (
     train_two_tower,
     user_item_features,
     user_vectors,
+    with_levels,
 )
 
 
 def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, out_root: Path,
-                      fingerprint: str) -> Path:
-    """Train the unified 2T-HGNN on all of ``split.train`` and write a versioned model directory."""
+                      fingerprint: str, trend_tau: float | None = None) -> Path:
+    """Train the unified 2T-HGNN on all of ``split.train`` and write a versioned model directory; with the trend,
+    ``trend_tau`` is its time constant (:func:`~models.train.choose_trend_tau`) and the levels' epoch is
+    :attr:`Split.now` (both in ``config.json``: ``trend_tau``, ``trend_epoch``)."""
     device = pick_device()
     started = time.perf_counter()
     text = text_embeddings(split, encoder)
@@ -50,7 +53,8 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     embedding = embed(hgnn, graph, text, device)
     degree = graph.weighted_degree(len(split.items)) if config.two_tower.item_degree else None
     towers, tt_losses = train_two_tower(histories_list(split, config.graph), embedding, text, split.item_type,
-                                        len(split.type_names), config.two_tower, device, degree=degree)
+                                        len(split.type_names), config.two_tower, device, degree=degree,
+                                        trend_tau=trend_tau)
     shape = hashlib.sha1(json.dumps(asdict(config), default=str, sort_keys=True).encode()).hexdigest()[:6]
     version = f"2t-hgnn-{split.name}-{fingerprint}-{shape}-{time.strftime('%Y%m%d%H%M%S')}"
     directory = out_root / version
@@ -66,6 +70,8 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
         "text_encoder": encoder.name,
         "text_dim": int(text.shape[1]),
         "config": asdict(config),
+        "trend_tau": trend_tau if config.two_tower.trend else None,
+        "trend_epoch": split.now if config.two_tower.trend else None,
         "metrics": {"hgnn_losses": hgnn_losses, "two_tower_losses": tt_losses,
                     "train_seconds": round(time.perf_counter() - started, 1), "peak_rss_mib": round(peak_rss_mib()),
                     "device": str(device), "items": len(split.items), "events": len(split.train)},
@@ -74,9 +80,10 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     return directory
 
 
-def find_model(root: Path, fingerprint: str, encoder_name: str, config: TrainConfig) -> Path | None:
-    """The newest model directory under ``root`` trained on the data of ``fingerprint`` with this text encoder and
-    this configuration, if any."""
+def find_model(root: Path, fingerprint: str, encoder_name: str, config: TrainConfig,
+               trend_tau: float | None = None) -> Path | None:
+    """The newest model directory under ``root`` trained on the data of ``fingerprint`` with this text encoder,
+    this configuration (and trend time constant), if any."""
     wanted = json.loads(json.dumps(asdict(config), default=str))
     found = []
     for path in root.glob("*/config.json") if root.is_dir() else ():
@@ -85,19 +92,36 @@ def find_model(root: Path, fingerprint: str, encoder_name: str, config: TrainCon
         except (OSError, ValueError):
             continue  # a directory being written, or not a model
         if (meta.get("data_fingerprint") == fingerprint and meta.get("text_encoder") == encoder_name
-                and meta.get("config") == wanted and (path.parent / "twotower.pt").exists()):
+                and meta.get("config") == wanted and (path.parent / "twotower.pt").exists()
+                and (not config.two_tower.trend or meta.get("trend_tau") == trend_tau)):
             found.append(path.parent)
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: Path, fingerprint: str
-                 ) -> tuple[Path, bool]:
-    """A model for ``split``: the one under ``root`` with this data, encoder and configuration, else a new one
-    trained by :func:`train_for_serving`. Returns ``(directory, trained)``."""
-    found = find_model(root, fingerprint, encoder.name, config)
+def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: Path, fingerprint: str,
+                 trend_tau: float | None = None) -> tuple[Path, bool]:
+    """A model for ``split``: the one under ``root`` with this data, encoder, configuration and trend time
+    constant, else a new one trained by :func:`train_for_serving`. Returns ``(directory, trained)``."""
+    found = find_model(root, fingerprint, encoder.name, config, trend_tau)
     if found is not None:
         return found, False
-    return train_for_serving(split, encoder, config, root, fingerprint), True
+    return train_for_serving(split, encoder, config, root, fingerprint, trend_tau), True
+
+
+def served_trend(meta: dict[str, Any]) -> ServedTrend | None:
+    """The trend a model directory's ``config.json`` says its towers read: ``trend_tau`` (seconds or null) and
+    ``trend_epoch`` (seconds) when its two-tower has ``trend`` on; None for a model without it."""
+    if not meta["config"]["two_tower"].get("trend", False):
+        return None
+    if "trend_tau" not in meta or meta.get("trend_epoch") is None:
+        raise ValueError(f"model {meta.get('version')!r} reads the trend but its config.json has no "
+                         "trend_tau / trend_epoch")
+    return ServedTrend(meta["trend_tau"], float(meta["trend_epoch"]))
+
+
+def distance_of(trend: ServedTrend | None) -> Distance:
+    """The store's distance for a model: the plain dot product with the trend coordinate, cosine without."""
+    return "cosine" if trend is None else "dot"
 
 
 class UserTower:
@@ -112,18 +136,21 @@ class UserTower:
         config: the towers' configuration.
         version: the model version.
         device: where the tower runs.
+        trend: the trend the model reads (its user vectors end with the user's weight for it), or None.
     """
 
     reads_features = True
 
     def __init__(self, towers: TwoTower, type_names: list[str], config: TwoTowerConfig, version: str,
-                 device: torch.device) -> None:
+                 device: torch.device, trend: ServedTrend | None = None) -> None:
         self.towers = towers
         self.type_names = type_names
         self.config = config
         self.version = version
         self.device = device
-        self.dim = config.dim
+        self.trend = trend
+        self.dim = towers.out_dim
+        self.distance = distance_of(trend)
         self._codes = {name: k for k, name in enumerate(type_names)}
         self._forward = NumpyUserTower(towers)
 
@@ -135,7 +162,7 @@ class UserTower:
         towers = TwoTower.for_config(meta["config"]["hgnn"]["out"], meta["text_dim"], len(meta["type_names"]), config)
         towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
         device = device or torch.device("cpu")
-        return cls(towers.to(device).eval(), meta["type_names"], config, meta["version"], device)
+        return cls(towers.to(device).eval(), meta["type_names"], config, meta["version"], device, served_trend(meta))
 
     def history(self, state: UserState) -> list[str]:
         """Per known type, the ``config.history`` newest items of ``state`` (what the tower averages)."""
@@ -157,7 +184,10 @@ class UserTower:
 
 class TrainedModel:
     """The trained 2T-HGNN as a :class:`~models.embedding.VectorModel`: item vectors read 2 hops (the HGNN's
-    layers); user vectors are composed by :attr:`composer` from the items' user-tower features.
+    layers); user vectors are composed by :attr:`composer` from the items' user-tower features. A model trained
+    with the trend (``config.json``: ``trend_tau``, ``trend_epoch``) has :attr:`trend` set: its item vectors end
+    with the item's level (which the refresher hands over, rebased to the model's epoch), its vectors are one
+    coordinate wider and ranked by the plain dot product.
 
     Args:
         directory: a model directory written by :func:`train_for_serving`.
@@ -182,11 +212,14 @@ class TrainedModel:
         self.towers = TwoTower.for_config(hgnn_config.out, meta["text_dim"], len(self.type_names), self.tt_config)
         self.towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
         self.towers.to(self.device).eval()
-        self.dim = self.tt_config.dim
+        self.trend = served_trend(meta)
+        self.distance = distance_of(self.trend)
+        self.dim = self.towers.out_dim
         self.hops = 2
         self.layers = IncrementalHGNN(self.hgnn, self.type_names, self.device)
         """The HGNN's layers over the refresher's live graph, refreshed where their inputs changed."""
-        self._composer = UserTower(self.towers, self.type_names, self.tt_config, self.version, self.device)
+        self._composer = UserTower(self.towers, self.type_names, self.tt_config, self.version, self.device,
+                                   self.trend)
 
     @property
     def composer(self) -> UserTower:
@@ -207,7 +240,7 @@ class TrainedModel:
         return self.layers.degree[: len(graph)]
 
     @torch.no_grad()
-    def item_vectors(self, rows: Sequence[int], graph: LiveGraph) -> np.ndarray:
+    def item_vectors(self, rows: Sequence[int], graph: LiveGraph, levels: np.ndarray | None = None) -> np.ndarray:
         index = np.asarray(rows, dtype=np.int64)
         embedding = self.hgnn_embeddings(graph)[index]
         codes = np.maximum(self._type_codes(graph)[index], 0)
@@ -215,7 +248,7 @@ class TrainedModel:
                                 torch.from_numpy(graph.text(index)).to(self.device),
                                 torch.from_numpy(codes).to(self.device),
                                 torch.from_numpy(self.degrees(graph)[index]).to(self.device))
-        vectors = out.cpu().numpy()
+        vectors = with_levels(self.towers, out.cpu().numpy(), levels)  # with the trend, the level last
         vectors[~graph.has_text(index)] = 0.0  # not in the catalogue yet: wait for its text
         return vectors
 

@@ -21,7 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.evaluate import Result, Scorer, Split, cooc_scorer, embedding_scorer, evaluate_scorer, popularity_scorer
+from models.evaluate import (
+    Result,
+    Scorer,
+    Split,
+    cooc_scorer,
+    embedding_scorer,
+    evaluate_scorer,
+    popularity_scorer,
+    recent_popularity_scorer,
+    select_trend_tau,
+)
 from models.features import Histories, graph_tensors
 from models.graph import GraphConfig, build_graph
 from models.hgnn import HGNNConfig, TypedGraph, embed, train_hgnn
@@ -37,8 +47,8 @@ from models.twotower import (
 
 log = logging.getLogger(__name__)
 
-MODELS = ("popularity", "cooc_knn", "cooc_knn_raw", "llm_knn", "hgnn", "2t_no_gnn", "2t_per_type", "2t_hgnn",
-          "2t_hgnn_no_retrain")
+MODELS = ("popularity", "popularity_recent", "cooc_knn", "cooc_knn_raw", "llm_knn", "hgnn", "2t_no_gnn",
+          "2t_per_type", "2t_hgnn", "2t_hgnn_no_retrain")
 
 PREVIOUS_HGNN: dict[str, Any] = {"edges_per_relation": 20_000, "negatives": 4, "shared_negatives": 0, "in_batch": True,
                                  "edge_power": 0.0, "direction": "owner", "whiten": False, "temperature": 0.1}
@@ -54,6 +64,8 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-no_item_bias": ({}, {"item_bias": False}),
     "2t_hgnn-no_exclude_consumed": ({}, {"exclude_consumed": False}),
     "2t_hgnn-no_time_weighted": ({}, {"time_weighted": False}),
+    "2t_hgnn-no_trend": ({}, {"trend": False}),
+    "2t_hgnn-30_examples": ({}, {"examples_per_user": 30}),
     "2t_hgnn+in_batch": ({"in_batch": True}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-no_whiten": ({"whiten": False}, {}),
@@ -64,10 +76,10 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn-all_off": ({**PREVIOUS_HGNN, "in_batch": False, "text_skip": False},
                         {"user_text": False, "last_item": False, "item_degree": False, "type_softmax": False,
                          "uniform_negatives": 0, "item_bias": False, "exclude_consumed": False,
-                         "time_weighted": False}),
+                         "time_weighted": False, "trend": False}),
 }
-"""Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), or one more on (``+``): HGNN config
-changes, two-tower config changes."""
+"""Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), one more on (``+``), or one value changed
+back to its previous default (``-30_examples``): HGNN config changes, two-tower config changes."""
 GRAPH_FORMAT = "graph-tensors-v2"
 """Part of the cache keys of graphs and HGNN embeddings: bumped when :func:`~models.features.graph_tensors`
 changes what it builds (v2: messages neighbour -> owner, real item ids in the fold)."""
@@ -134,10 +146,13 @@ def histories_list(split: Split, config: GraphConfig) -> Histories:
 
 
 def two_tower_scorer(split: Split, histories: Histories, model: TwoTower, embedding: np.ndarray, text: np.ndarray,
-                     config: TwoTowerConfig, device: torch.device, degree: np.ndarray | None = None) -> Scorer:
+                     config: TwoTowerConfig, device: torch.device, degree: np.ndarray | None = None,
+                     trend_tau: float | None = None) -> Scorer:
     """Score candidates with a trained two-tower model (the computation :class:`TrainedModel` serves): users are
-    read as their stream state at the end of ``histories``."""
-    items = item_vectors(model, embedding, text, split.item_type, device, degree)
+    read as their stream state at the end of ``histories``; with the trend, items carry their level at
+    :attr:`Split.now` from the training events (time constant ``trend_tau``), and the score is the dot product."""
+    levels = split.levels(trend_tau) if model.trend else None
+    items = item_vectors(model, embedding, text, split.item_type, device, degree, levels)
     states = dict(zip(histories.users, histories.final_states, strict=True))
     rows = histories.rows
     per_item = user_item_features(embedding, text, config)
@@ -148,6 +163,16 @@ def two_tower_scorer(split: Split, histories: Histories, model: TwoTower, embedd
         return u @ items[candidates].T
 
     return score
+
+
+def choose_trend_tau(valid: Split) -> tuple[float | None, dict[str, Any]]:
+    """The trend's time constant chosen on validation data (``valid = load_split(folder, "valid")``, never the
+    test targets; :func:`~models.evaluate.select_trend_tau`), logged; returns it and the record for the report
+    (``tau``, ``valid_hr10``: each constant's decayed-popularity HR@10, mean over types)."""
+    tau, scores = select_trend_tau(valid)
+    log.info("trend time constant %s chosen on %s validation targets (decayed popularity HR@10 per tau: %s)",
+             _tau_label(tau), valid.name, {_tau_label(k): round(v, 4) for k, v in scores.items()})
+    return tau, {"tau": tau, "valid_hr10": [[k, round(v, 4)] for k, v in scores.items()]}
 
 
 @dataclass
@@ -175,12 +200,14 @@ def mean_results(runs: list[list[Result]]) -> list[Result]:
 
 
 def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, models: tuple[str, ...] = MODELS,
-                   seeds: int = 1, seed_hgnn: bool = True, on_row: Callable[[list[Row]], object] | None = None
-                   ) -> list[Row]:
+                   seeds: int = 1, seed_hgnn: bool = True, on_row: Callable[[list[Row]], object] | None = None,
+                   trend_tau: float | None = None) -> list[Row]:
     """Train and score every requested row of the ablation table on ``split``, in the order of ``models``;
     the rows of :data:`SEEDED` are trained with seeds ``0..seeds-1`` (their results are the means), the HGNN
     too unless ``seed_hgnn`` is false (then it is trained once, with the configured seed). ``on_row`` is
-    called with the rows so far after each row and seed (to write a partial report)."""
+    called with the rows so far after each row and seed (to write a partial report). ``trend_tau`` is the
+    trend's time constant (None: no decay), chosen on validation data by the caller
+    (:func:`~models.evaluate.select_trend_tau`): the ``popularity_recent`` row and the towers' trend use it."""
     device = pick_device()
     rows: list[Row] = []
     factories: dict[str, tuple[Callable[[int], Scorer], dict[str, Any] | None]] = {}
@@ -207,6 +234,7 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
     text = text_embeddings(split, encoder)
     text_seconds = time.perf_counter() - started
     add("popularity", lambda _: popularity_scorer(split))
+    add("popularity_recent", lambda _: recent_popularity_scorer(split, trend_tau), {"trend_tau": trend_tau})
     add("cooc_knn", lambda _: cooc_scorer(split))
     add("cooc_knn_raw", lambda _: cooc_scorer(split, normalise=False))
     add("llm_knn", lambda _: embedding_scorer(split, text, config.two_tower.history), {"text_seconds": text_seconds})
@@ -249,9 +277,9 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
     def unified(embedding: np.ndarray, tt: TwoTowerConfig) -> Scorer:
         degree = graph().weighted_degree(len(split.items)) if tt.item_degree else None
         model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
-                                        degree=degree)
+                                        degree=degree, trend_tau=trend_tau)
         cache.setdefault("tt_losses", losses)
-        return two_tower_scorer(split, histories, model, embedding, text, tt, device, degree)
+        return two_tower_scorer(split, histories, model, embedding, text, tt, device, degree, trend_tau)
 
     # the text two-tower's embedding is the text: reading it twice in the user tower would add nothing
     add("2t_no_gnn", lambda seed: unified(text, replace(seeded(seed)[1], user_text=False)))
@@ -263,8 +291,8 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         scorers = {}
         for t in range(len(split.type_names)):
             model, _ = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
-                                       target_types=np.array([t]), degree=degree)
-            scorers[t] = two_tower_scorer(split, histories, model, embedding, text, tt, device, degree)
+                                       target_types=np.array([t]), degree=degree, trend_tau=trend_tau)
+            scorers[t] = two_tower_scorer(split, histories, model, embedding, text, tt, device, degree, trend_tau)
 
         def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
             return scorers[int(split.item_type[candidates[0]])](users, candidates)
@@ -302,8 +330,10 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
 
 
 def write_report(split: Split, rows: list[Row], config: TrainConfig, command: str, out_dir: Path,
-                 name: str | None = None) -> Path:
-    """Write ``<out_dir>/<name or dataset>.json`` and ``.md``; returns the JSON path."""
+                 name: str | None = None, trend: dict[str, Any] | None = None) -> Path:
+    """Write ``<out_dir>/<name or dataset>.json`` and ``.md``; returns the JSON path. ``trend``: how the trend's
+    time constant was chosen (``tau``, and ``valid_hr10``: each constant's decayed-popularity HR@10 on
+    validation)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = [r.row() for row in rows for r in row.results]
     costs = [{"model": row.model, "train_seconds": round(row.train_seconds, 1),
@@ -318,6 +348,7 @@ def write_report(split: Split, rows: list[Row], config: TrainConfig, command: st
         "device": str(pick_device()),
         "threads": torch.get_num_threads(),
         "config": asdict(config),
+        "trend": trend,
         "rows": flat,
         "seeds": seeds,
         "costs": costs,
@@ -333,8 +364,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The markdown view of a JSON report."""
     lines = [f"# {report['dataset']} ({report['protocol']}, {report.get('targets', 'test')} targets)", "",
              f"Command: `{report['command']}`", "",
-             f"Device: {report['device']}, {report['threads']} threads.", "",
-             "| model | type | users | HR@10 | MRR | NDCG@10 | cov@100 |", "|---|---|---|---|---|---|---|"]
+             f"Device: {report['device']}, {report['threads']} threads.", ""]
+    if report.get("trend"):
+        chosen = report["trend"]
+        grid = ", ".join(f"{_tau_label(tau)} {hr:.4f}" for tau, hr in chosen["valid_hr10"])
+        lines += [f"Trend time constant (chosen on the validation targets, `load_split(folder, \"valid\")`, "
+                  f"by the decayed popularity's mean HR@10 over types): **{_tau_label(chosen['tau'])}** "
+                  f"({grid}).", ""]
+    lines += ["| model | type | users | HR@10 | MRR | NDCG@10 | cov@100 |", "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['model']} | {r['item_type']} | {r['users']} | {r['hr10']:.4f} | {r['mrr']:.4f} | "
                      f"{r['ndcg10']:.4f} | {r['cov100']:.4f} |")
@@ -355,6 +392,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Does the unified 2T-HGNN win?", "", "HR@10:", ""] + verdict(rows)
     lines += ["", "NDCG@10:", ""] + verdict(rows, metric="ndcg10")
     return "\n".join(lines) + "\n"
+
+
+def _tau_label(tau: float | None) -> str:
+    return "no decay" if tau is None else f"{tau / 86400:g} d"
 
 
 def verdict(rows: list[dict[str, object]], product: str = "2t_hgnn", metric: str = "hr10") -> list[str]:
@@ -391,5 +432,5 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-__all__ = ["ABLATIONS", "MODELS", "Row", "TrainConfig", "fingerprint", "render_markdown", "run_evaluation",
-           "write_report"]
+__all__ = ["ABLATIONS", "MODELS", "Row", "TrainConfig", "choose_trend_tau", "fingerprint", "render_markdown",
+           "run_evaluation", "write_report"]

@@ -47,14 +47,17 @@ def fold(level: float, ts: float, tau: float | None, epoch: float) -> float:
     return float(np.logaddexp(level, exponent(ts, tau, epoch)))
 
 
-def levels(items: np.ndarray, ts: np.ndarray, n_items: int, tau: float | None, epoch: float) -> np.ndarray:
-    """Every item's level after folding the events ``(items[k], ts[k])`` (float64, ``EMPTY_LEVEL`` for items
-    without events); equal to :func:`fold` applied event by event, in any order, up to rounding."""
+def levels(items: np.ndarray, ts: np.ndarray, n_items: int, tau: float | None, epoch: float,
+           start: np.ndarray | None = None) -> np.ndarray:
+    """Every item's level after folding the events ``(items[k], ts[k])`` into ``start`` (float64, one level per
+    item; default ``EMPTY_LEVEL``, no events yet); equal to :func:`fold` applied event by event, in any order, up
+    to rounding. ``start`` lets a stream fold a micro-batch's events into the levels it holds."""
     items = np.asarray(items, dtype=np.int64)
     x = np.zeros(len(items)) if tau is None else (np.asarray(ts, dtype=np.float64) - epoch) / tau
-    top = np.full(n_items, EMPTY_LEVEL)
+    base = np.full(n_items, EMPTY_LEVEL) if start is None else np.asarray(start, dtype=np.float64)
+    top = base.copy()
     np.maximum.at(top, items, x)
-    total = np.exp(EMPTY_LEVEL - top)
+    total = np.exp(base - top)
     np.add.at(total, items, np.exp(x - top[items]))
     return top + np.log(total)
 

@@ -28,6 +28,7 @@ class StreamMetrics:
     pairs: Counter
     pairs_published: Counter
     pairs_redelivered: Counter
+    consumptions_folded: Counter
     user_updates: Counter
     item_updates: Counter
     batch_seconds: Histogram
@@ -47,6 +48,8 @@ class StreamMetrics:
             pairs_redelivered=Counter("gfm_graph_pairs_redelivered_total",
                                       "Pairs skipped because their item had merged their origin already",
                                       registry=registry),
+            consumptions_folded=Counter("gfm_trend_consumptions_total",
+                                        "Consumptions folded into their items' trend levels", registry=registry),
             user_updates=Counter("gfm_user_updates_total", "User refresh requests published", registry=registry),
             item_updates=Counter("gfm_item_updates_total", "Item refresh requests published", registry=registry),
             batch_seconds=Histogram("gfm_stream_batch_seconds", "Time to process one micro-batch",

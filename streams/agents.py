@@ -7,6 +7,11 @@ Data path (``P`` partitions everywhere, every key routed by Kafka's murmur2 part
                                           '-----> pairs (packs routed by item) --update_edges--> adjacency table
                                                                                       '-----> item-updates
 
+The pairs topic carries, per item, both its new co-interaction pairs and its consumptions (their times): the
+edges agent folds each consumption into the item's trend levels (:mod:`models.trend`, one level per time constant
+of :data:`models.trend.TAUS`, relative to the epoch 0), which live in the item's table value beside its adjacency
+and travel with it in the item's refresh request.
+
 Both agents read micro-batches with ``stream.take_events`` and fold them with :func:`fold_events` /
 :func:`fold_pairs`.
 
@@ -14,9 +19,10 @@ Both agents read micro-batches with ``stream.take_events`` and fold them with :f
 
 1. *Offsets live with the state they produced.* A user's table value records, per events partition, the offset of
    the last message applied to it; an item's records, per events partition, the offset of the events message whose
-   pairs it last merged (every pair group carries that origin). A redelivered message, or a pair group sent again,
-   is recognised by its offset and skipped. A user's events all come from one partition (producers route by
-   user; a misrouted event is forwarded to its partition), so one offset per partition orders them.
+   pairs and consumptions it last merged (every pair group carries that origin). A redelivered message, or a pair
+   group sent again, is recognised by its offset and skipped. A user's events all come from one partition
+   (producers route by user; a misrouted event is forwarded to its partition), so one offset per partition orders
+   them.
 2. *Outputs before state.* A batch's outputs (pairs, refresh requests, dead letters) are sent and their delivery
    awaited *before* the batch's table writes. A crash in between leaves the old state, so the batch is
    processed again and sends the same outputs again (its computation is deterministic), which rule 1 makes
@@ -47,9 +53,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import faust
+import numpy as np
 import orjson
 from kafka.partitioner.default import murmur2
 
+from models import trend
 from models.graph import Adjacency, GraphConfig, UserState, apply_consumption, merge_neighbours, new_user_state
 from monitoring.metrics import StreamMetrics
 from streams.errors import InvalidRecord
@@ -132,14 +140,25 @@ class UserEntry:
     offsets: dict[str, int] = field(default_factory=dict)
 
 
+STREAM_EPOCH = 0.0
+"""The epoch of the levels the stream keeps (a model moves them to its own with :func:`models.trend.rebase`)."""
+
+
+def empty_levels() -> list[float]:
+    """The trend levels of an item never consumed: one per time constant of :data:`models.trend.TAUS`."""
+    return [trend.EMPTY_LEVEL] * len(trend.TAUS)
+
+
 @dataclass
 class ItemEntry:
-    """An item's table value: its type, its adjacency and, per events partition, the offset of the events message
-    whose pairs it last merged."""
+    """An item's table value: its type, its adjacency, its trend levels (one per :data:`models.trend.TAUS`, epoch
+    :data:`STREAM_EPOCH`, float64) and, per events partition, the offset of the events message whose pairs and
+    consumptions it last merged."""
 
     item_type: str
     adjacency: Adjacency = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
+    levels: list[float] = field(default_factory=empty_levels)
 
 
 @dataclass
@@ -151,8 +170,11 @@ class EventBatch:
     """Per touched user: the earliest produce time (unix s) of the messages that changed them."""
     pairs: dict[int, dict[tuple[str, int, int], list[Any]]] = field(default_factory=lambda: defaultdict(dict))
     """Per pairs partition, per ``(source item, events partition, events offset)``: the group
-    ``[src, src_type, partition, offset, dst, dst_type, ts, dst, dst_type, ts, ...]`` (see :func:`pack_pairs`)."""
+    ``[src, src_type, partition, offset, [ts, ...], dst, dst_type, ts, dst, dst_type, ts, ...]`` (see
+    :func:`pack_pairs`)."""
     pair_count: int = 0
+    consumptions: int = 0
+    """Consumptions sent to their items' groups (one per applied consumption event)."""
     rerouted: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     """Events that arrived on another partition than their user's, per the partition they belong to."""
     dead: list[Dead] = field(default_factory=list)
@@ -228,12 +250,19 @@ def fold_events(
             batch.users[event.user_id] = entry
             changed_here.add(event.user_id)
             batch.sent_at[event.user_id] = min(batch.sent_at.get(event.user_id, sent_at), sent_at)
+            # the consumption reaches its item's partition even when it makes no pair (a user's first event, a
+            # repeat play): the item's trend levels count every consumption
+            group = message_groups.get(event.item_id)
+            if group is None:
+                group = message_groups[event.item_id] = [event.item_id, event.item_type, partition, offset, []]
+            group[4].append(event.ts)
             for src, src_type, dst, dst_type, pair_ts in pairs:
                 group = message_groups.get(src)
                 if group is None:
-                    group = message_groups[src] = [src, src_type, partition, offset]
+                    group = message_groups[src] = [src, src_type, partition, offset, []]
                 group += (dst, dst_type, pair_ts)
             batch.pair_count += len(pairs)
+            batch.consumptions += 1
         for src, group in message_groups.items():
             batch.pairs[partition_for(src, config.partitions)][(src, partition, offset)] = group
         message_groups.clear()
@@ -243,17 +272,18 @@ def fold_events(
 
 
 def pack_pairs(groups: dict[Any, list[Any]], per_message: int) -> Iterator[bytes]:
-    """Messages of the pairs topic: JSON lists of pair groups, about ``per_message`` pairs each.
+    """Messages of the pairs topic: JSON lists of pair groups, about ``per_message`` pairs (or consumptions) each.
 
-    A group is ``[src, src_type, partition, offset, dst, dst_type, ts, ...]``: the pairs that one events message
-    (at ``partition``, ``offset``) gave item ``src``, in order. A group is never split across messages, so a
+    A group is ``[src, src_type, partition, offset, [ts, ...], dst, dst_type, ts, ...]``: the times of the
+    consumptions of item ``src`` in one events message (at ``partition``, ``offset``; empty when it only gained
+    neighbours), then the pairs that message gave ``src``, in order. A group is never split across messages, so a
     redelivered group is recognised whole by its origin.
     """
     chunk: list[list[Any]] = []
     size = 0
     for group in groups.values():
         chunk.append(group)
-        size += (len(group) - 4) // 3
+        size += (len(group) - GROUP_HEAD) // 3 + len(group[4])
         if size >= per_message:
             yield orjson.dumps(chunk)
             chunk, size = [], 0
@@ -271,19 +301,24 @@ def decode_pairs(raw: bytes | None) -> list[list[Any]]:
     if not isinstance(groups, list):
         raise InvalidRecord("<pairs>", groups, "a pairs message must be a JSON list of groups")
     for group in groups:
-        if not isinstance(group, list) or len(group) < 4 or (len(group) - 4) % 3:
-            raise InvalidRecord("<group>", group, "a group is [src, src_type, partition, offset, (dst, dst_type, ts)*]")
-        src, src_type, partition, offset = group[:4]
+        if not isinstance(group, list) or len(group) < GROUP_HEAD or (len(group) - GROUP_HEAD) % 3:
+            raise InvalidRecord("<group>", group,
+                                "a group is [src, src_type, partition, offset, [ts, ...], (dst, dst_type, ts)*]")
+        src, src_type, partition, offset, consumed = group[:GROUP_HEAD]
         if not (isinstance(src, str) and src and isinstance(src_type, str) and src_type):
             raise InvalidRecord("src", group[:2], "source item and type must be non-empty strings")
         for name, number in (("partition", partition), ("offset", offset)):
             if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 2**63:
                 raise InvalidRecord(name, number, "must be a non-negative integer")
+        if not isinstance(consumed, list) or not set(map(type, consumed)) <= _NUMBER:
+            raise InvalidRecord("consumed", consumed, "the consumptions must be a list of times (numbers)")
         if not _well_typed(group):
             _name_bad_pair(group)
     return groups
 
 
+GROUP_HEAD = 5
+"""Where a group's ``(dst, dst_type, ts)`` triples begin (see :func:`pack_pairs`)."""
 _STR = frozenset({str})
 _NUMBER = frozenset({int, float})
 
@@ -292,14 +327,14 @@ def _well_typed(group: list[Any]) -> bool:
     """Whether every ``(dst, dst_type, ts)`` of a group is well typed: checked a column at a time, in C, because
     this runs for every one of the tens of millions of pairs (the per-pair loop is :func:`_name_bad_pair`).
     JSON has no NaN or infinity (``load_json`` is strict), so a number is a finite int or float."""
-    dst, dst_type, ts = group[4::3], group[5::3], group[6::3]
+    dst, dst_type, ts = group[GROUP_HEAD::3], group[GROUP_HEAD + 1 :: 3], group[GROUP_HEAD + 2 :: 3]
     return (set(map(type, dst)) <= _STR and set(map(type, dst_type)) <= _STR and "" not in dst
             and "" not in dst_type and set(map(type, ts)) <= _NUMBER)
 
 
 def _name_bad_pair(group: list[Any]) -> None:
     """Raise :class:`InvalidRecord` naming the first ill-typed pair of a group that :func:`_well_typed` refused."""
-    for k in range(4, len(group), 3):
+    for k in range(GROUP_HEAD, len(group), 3):
         dst, dst_type, ts = group[k : k + 3]
         if not (isinstance(dst, str) and dst and isinstance(dst_type, str) and dst_type):
             raise InvalidRecord("dst", group[k : k + 2], "neighbour item and type must be non-empty strings")
@@ -315,6 +350,8 @@ class PairBatch:
     items: dict[str, ItemEntry] = field(default_factory=dict)
     merged: int = 0
     redelivered: int = 0
+    consumptions: int = 0
+    """Consumptions folded into trend levels."""
     dead: list[Dead] = field(default_factory=list)
 
 
@@ -323,9 +360,12 @@ def fold_pairs(
     lookup_item: Callable[[str], ItemEntry | None],
     max_degree: int,
 ) -> PairBatch:
-    """Merge a micro-batch of pair messages ``(value, partition, offset)`` into item adjacencies, in order,
-    skipping every group whose origin the item has merged already."""
+    """Merge a micro-batch of pair messages ``(value, partition, offset)`` into item adjacencies, in order, and
+    their consumptions into the items' trend levels, skipping every group whose origin the item has merged
+    already. A batch's consumptions are gathered per item and folded once per item and time constant
+    (:func:`fold_levels`): the fold is order-free, so this equals folding them one by one."""
     batch = PairBatch()
+    consumed: dict[str, list[float]] = {}
     for raw, partition, offset in messages:
         try:
             groups = decode_pairs(raw)
@@ -336,18 +376,38 @@ def fold_pairs(
             src = group[0]
             source, origin = str(group[2]), group[3]
             entry = batch.items.get(src) or lookup_item(src)
-            n = (len(group) - 4) // 3
+            n = (len(group) - GROUP_HEAD) // 3
             if entry is not None and entry.offsets.get(source, -1) >= origin:
                 batch.redelivered += n
                 batch.items[src] = entry  # written again: the changelog may have lost it (see fold_events)
                 continue
             if entry is None:
                 entry = ItemEntry(group[1])
-            merge_neighbours(entry.adjacency, group, max_degree, start=4)
+            merge_neighbours(entry.adjacency, group, max_degree, start=GROUP_HEAD)
+            if group[4]:
+                consumed.setdefault(src, []).extend(group[4])
             entry.offsets[source] = origin
             batch.items[src] = entry
             batch.merged += n
+    batch.consumptions = fold_levels(batch.items, consumed)
     return batch
+
+
+def fold_levels(entries: dict[str, ItemEntry], consumed: dict[str, list[float]]) -> int:
+    """Fold each item's consumption times ``consumed[item]`` into ``entries[item].levels`` (in place), one
+    vectorised :func:`models.trend.levels` per time constant for the whole batch; returns how many were folded."""
+    if not consumed:
+        return 0
+    ids = list(consumed)
+    counts = np.fromiter((len(consumed[i]) for i in ids), dtype=np.int64, count=len(ids))
+    index = np.repeat(np.arange(len(ids)), counts)
+    times = np.fromiter((t for i in ids for t in consumed[i]), dtype=np.float64, count=int(counts.sum()))
+    start = np.array([entries[i].levels for i in ids], dtype=np.float64)  # (items, taus)
+    folded = np.stack([trend.levels(index, times, len(ids), tau, STREAM_EPOCH, start=start[:, k])
+                       for k, tau in enumerate(trend.TAUS)], axis=1)
+    for item_id, row in zip(ids, folded.tolist(), strict=True):
+        entries[item_id].levels = row
+    return len(times)
 
 
 class OffsetGap(RuntimeError):
@@ -407,18 +467,34 @@ def decode_user(raw: bytes) -> UserEntry:
 
 
 def encode_item(item_id: str, entry: ItemEntry) -> tuple[bytes, bytes]:
-    """An item's table value and refresh request, encoding the adjacency once for both."""
+    """An item's table value and refresh request, encoding the adjacency and the levels once for both (JSON keeps
+    a float64 level exactly: orjson writes the shortest repr that reads back to the same double)."""
     adjacency = orjson.dumps(entry.adjacency)
     item_type = orjson.dumps(entry.item_type)
-    table = b'{"type":' + item_type + b',"offsets":' + orjson.dumps(entry.offsets) + b',"adj":' + adjacency + b"}"
-    update = b'{"item_id":' + orjson.dumps(item_id) + b',"item_type":' + item_type + b',"adjacency":' + adjacency + b"}"
+    levels = orjson.dumps(entry.levels)
+    table = (b'{"type":' + item_type + b',"offsets":' + orjson.dumps(entry.offsets) + b',"levels":' + levels
+             + b',"adj":' + adjacency + b"}")
+    update = (b'{"item_id":' + orjson.dumps(item_id) + b',"item_type":' + item_type + b',"levels":' + levels
+              + b',"adjacency":' + adjacency + b"}")
     return table, update
 
 
+class StaleState(RuntimeError):
+    """A table value written by an older version of the agents, which this one cannot continue exactly."""
+
+
 def decode_item(raw: bytes) -> ItemEntry:
-    """An item's table value (see :func:`encode_item`)."""
+    """An item's table value (see :func:`encode_item`).
+
+    Raises:
+        StaleState: for a value without trend levels (written before the stream kept them: the consumptions it
+            saw are not in it, so no level can be exact; the stream's state must be rebuilt from the events).
+    """
     value = orjson.loads(raw)
-    return ItemEntry(value["type"], value["adj"], value["offsets"])
+    if "levels" not in value:
+        raise StaleState("an adjacency table value has no trend levels: it was written by an older gfm; rebuild the "
+                         "stream's state (delete its changelog topics and GFM_STREAMS__DATADIR, replay the events)")
+    return ItemEntry(value["type"], value["adj"], value["offsets"], value["levels"])
 
 
 class EntryCache(Generic[E]):
@@ -561,6 +637,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
             adjacency[item_id.encode()] = value
             item_cache.put(item_id, batch.items[item_id])
         metrics.pairs.inc(batch.merged)
+        metrics.consumptions_folded.inc(batch.consumptions)
         metrics.pairs_redelivered.inc(batch.redelivered)
         metrics.item_updates.inc(len(batch.items))
         metrics.batch_seconds.labels("edges").observe(time.perf_counter() - started)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import faust
 import orjson
 
+from models.trend import TAUS
 from streams.errors import InvalidRecord
 
 EVENT_KINDS = frozenset({"stream", "preview", "follow"})
@@ -70,11 +71,13 @@ class UserUpdate(faust.Record, serializer="json"):
 
 
 class ItemUpdate(faust.Record, serializer="json"):
-    """A refresh request for an item: its adjacency after the change."""
+    """A refresh request for an item: its adjacency and its trend levels (one per :data:`models.trend.TAUS`,
+    relative to the epoch 0) after the change."""
 
     item_id: str
     item_type: str
     adjacency: dict[str, list[Any]]
+    levels: list[float]
 
 
 class DeadLetter(faust.Record, serializer="json"):
@@ -308,4 +311,8 @@ def validate_item_update(data: Any) -> ItemUpdate:
                 and not isinstance(entry[1], bool) and isinstance(entry[1], int) and entry[1] > 0):
             raise InvalidRecord("adjacency", {neighbour: entry}, "entries must be [item_type, weight >= 1, ts]")
         _number(entry[2], "adjacency.ts")
-    return ItemUpdate(item_id=item_id, item_type=item_type, adjacency=dict(adjacency))
+    levels = data.get("levels")
+    if not (isinstance(levels, list) and len(levels) == len(TAUS)):
+        raise InvalidRecord("levels", levels, f"must be a list of {len(TAUS)} numbers (one per trend time constant)")
+    return ItemUpdate(item_id=item_id, item_type=item_type, adjacency=dict(adjacency),
+                      levels=[_number(level, "levels") for level in levels])

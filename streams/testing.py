@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
+from models import trend
 from models.graph import Adjacency, UserState
 from streams.agents import (
     ItemEntry,
@@ -153,10 +156,28 @@ class LogHarness:
         table = self.item_changelog if changelog else self.item_table
         return {item_id: decode_item(raw).adjacency for item_id, raw in table.items()}
 
+    def levels(self, changelog: bool = False) -> dict[str, list[float]]:
+        """Every item's trend levels (one per :data:`models.trend.TAUS`), in the local table or its changelog."""
+        table = self.item_changelog if changelog else self.item_table
+        return {item_id: decode_item(raw).levels for item_id, raw in table.items()}
+
     def fold_pairs_log(self) -> dict[str, Adjacency]:
         """The adjacency that folding each pairs partition once, in its order, gives (see
         :func:`streams.agents.fold_pairs_log`)."""
         return fold_pairs_log(self.pairs.items(), self.config.graph.max_degree)
+
+
+def item_levels(rows: Iterable[tuple[str, str, str, str, float]]) -> dict[str, list[float]]:
+    """The reference for the stream's trend levels: per item, :func:`models.trend.levels` (epoch 0) over the
+    consumptions ``(event_id, user_id, item_id, item_type, ts)``, each distinct ``(user_id, event_id)`` once (the
+    stream drops a redelivered event by its id), one level per time constant of :data:`models.trend.TAUS`."""
+    distinct = {(user_id, event_id): (item_id, ts) for event_id, user_id, item_id, _, ts in rows}
+    ids = sorted({item_id for item_id, _ in distinct.values()})
+    index = {item_id: k for k, item_id in enumerate(ids)}
+    items = np.fromiter((index[i] for i, _ in distinct.values()), dtype=np.int64, count=len(distinct))
+    ts = np.fromiter((t for _, t in distinct.values()), dtype=np.float64, count=len(distinct))
+    columns = np.stack([trend.levels(items, ts, len(ids), tau, 0.0) for tau in trend.TAUS], axis=1)
+    return dict(zip(ids, columns.tolist(), strict=True))
 
 
 def refresh_records(data: SyntheticData, config: StreamConfig, topic: Callable[[str], str], seed: int,

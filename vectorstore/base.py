@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from models.embedding import Distance
+
 _NAMESPACE = uuid.UUID("6f1d3c1e-9a55-4a4e-9d1f-0b9f6b7f4a10")
 
 
@@ -143,11 +145,13 @@ class VectorStore(ABC):
         return False
 
     @abstractmethod
-    def ensure(self, dim: int) -> None:
-        """Create the collections for ``dim``-sized vectors if they do not exist.
+    def ensure(self, dim: int, distance: Distance = "cosine") -> None:
+        """Create the collections for ``dim``-sized vectors ranked by ``distance`` if they do not exist (``dot``: a
+        model with the trend coordinate, whose vectors are not unit vectors; see ``models.embedding.Distance``).
 
         Raises:
             DimensionMismatch: when they exist with another size.
+            DistanceMismatch: when they exist with another distance.
         """
 
     @abstractmethod

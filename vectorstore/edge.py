@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as q
 
+from models.embedding import Distance
 from vectorstore.base import (
     HIT_FIELDS,
     INPUT_FIELDS,
@@ -39,9 +40,10 @@ from vectorstore.base import (
     user_payload,
     user_point_id,
 )
-from vectorstore.errors import DimensionMismatch
+from vectorstore.errors import DimensionMismatch, DistanceMismatch
 
 _MAX_TYPES = 10_000
+_DISTANCES = {"cosine": q.Distance.Cosine, "dot": q.Distance.Dot}
 _FILTER_MAX_EXCLUDED = 64
 """Up to this many excluded ids go into the query's filter; more are dropped from a wider result."""
 _OVERFETCH = 32
@@ -79,26 +81,31 @@ class EdgeStore(VectorStore):
         self.flushes = 0
         """How many times :meth:`flush` ran (monitoring, tests)."""
 
-    def _open(self, name: str, dim: int) -> q.EdgeShard:
+    def _open(self, name: str, dim: int, distance: Distance) -> q.EdgeShard:
         directory = self.path / name
-        config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=dim, distance=q.Distance.Cosine))
+        config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=dim, distance=_DISTANCES[distance]))
         if directory.exists() and any(directory.iterdir()):
             stored = _stored_dim(directory)
             if stored is not None and stored != dim:
                 raise DimensionMismatch(str(directory), stored, dim)
+            marker = directory.parent / f"{name}.distance"
+            existing = marker.read_text() if marker.exists() else "cosine"  # a store from before the marker
+            if existing != distance:
+                raise DistanceMismatch(str(directory), existing, distance)
             return q.EdgeShard.load(str(directory))
         directory.mkdir(parents=True, exist_ok=True)
         shard = q.EdgeShard.create(str(directory), config)
         if name == "items":
             shard.update(q.UpdateOperation.create_field_index("item_type", q.PayloadSchemaType.Keyword))
         (directory.parent / f"{name}.dim").write_text(str(dim))
+        (directory.parent / f"{name}.distance").write_text(distance)
         return shard
 
-    def ensure(self, dim: int) -> None:
+    def ensure(self, dim: int, distance: Distance = "cosine") -> None:
         with self._lock:
             if self._items is None:
-                self._items = self._open("items", dim)
-                self._users = self._open("users", dim)
+                self._items = self._open("items", dim, distance)
+                self._users = self._open("users", dim, distance)
 
     @property
     def items(self) -> q.EdgeShard:

@@ -2,6 +2,7 @@
 
     VectorStoreError
     ├── DimensionMismatch   an existing collection holds vectors of another size
+    ├── DistanceMismatch    an existing collection ranks by another distance
     └── NotFound            no point for that user or item
 """
 
@@ -18,6 +19,16 @@ class DimensionMismatch(VectorStoreError):
     def __init__(self, collection: str, existing: int, wanted: int) -> None:
         super().__init__(
             f"collection {collection!r} holds {existing}-dim vectors but the model makes {wanted}-dim ones; "
+            "point the store elsewhere or delete the collection"
+        )
+
+
+class DistanceMismatch(VectorStoreError):
+    """An existing collection was created for another distance (a model with the trend needs ``dot``)."""
+
+    def __init__(self, collection: str, existing: str, wanted: str) -> None:
+        super().__init__(
+            f"collection {collection!r} ranks by {existing} but the model needs {wanted}; "
             "point the store elsewhere or delete the collection"
         )
 

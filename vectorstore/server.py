@@ -8,6 +8,7 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as m
 
+from models.embedding import Distance
 from vectorstore.base import (
     HIT_FIELDS,
     INPUT_FIELDS,
@@ -25,9 +26,10 @@ from vectorstore.base import (
     user_payload,
     user_point_id,
 )
-from vectorstore.errors import DimensionMismatch
+from vectorstore.errors import DimensionMismatch, DistanceMismatch
 
 _MAX_TYPES = 10_000
+_DISTANCES = {"cosine": m.Distance.COSINE, "dot": m.Distance.DOT}
 
 
 class ServerStore(VectorStore):
@@ -48,15 +50,18 @@ class ServerStore(VectorStore):
         self.items = f"{prefix}-items"
         self.users = f"{prefix}-users"
 
-    def ensure(self, dim: int) -> None:
+    def ensure(self, dim: int, distance: Distance = "cosine") -> None:
+        wanted = _DISTANCES[distance]
         for name in (self.items, self.users):
             if self.client.collection_exists(name):
                 params = self.client.get_collection(name).config.params.vectors
-                size = params.size if isinstance(params, m.VectorParams) else None
-                if size is not None and size != dim:
-                    raise DimensionMismatch(name, size, dim)
+                if isinstance(params, m.VectorParams):
+                    if params.size != dim:
+                        raise DimensionMismatch(name, params.size, dim)
+                    if params.distance != wanted:
+                        raise DistanceMismatch(name, str(params.distance.value).lower(), distance)
                 continue
-            self.client.create_collection(name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE))
+            self.client.create_collection(name, vectors_config=m.VectorParams(size=dim, distance=wanted))
             if name == self.items:
                 self.client.create_payload_index(name, "item_type", m.PayloadSchemaType.KEYWORD)
 

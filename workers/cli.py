@@ -108,9 +108,9 @@ def _train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
 def _online_eval(args: argparse.Namespace, settings: Settings, command: str) -> int:
     import torch
 
-    from models.evaluate import Split
+    from models.evaluate import Split, load_split
     from models.serving import cached_model
-    from models.train import fingerprint
+    from models.train import choose_trend_tau, fingerprint
     from workers.online import OnlineOptions, run_online_eval
     from workers.services import build_encoder
 
@@ -124,8 +124,9 @@ def _online_eval(args: argparse.Namespace, settings: Settings, command: str) -> 
     torch.set_num_threads(1)
 
     def model_dir(split: Split) -> Path:  # trained on the events before the cut, cached under var_dir/models
+        tau = choose_trend_tau(load_split(args.data, "valid"))[0] if config.two_tower.trend else None
         directory, trained = cached_model(split, build_encoder(settings, progress=True), config,
-                                          settings.var_dir / "models", f"{fingerprint(args.data)}-before-cut")
+                                          settings.var_dir / "models", f"{fingerprint(args.data)}-before-cut", tau)
         print(f"model: {directory} ({'trained' if trained else 'cached'})", flush=True)
         return directory
 
@@ -212,14 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         command = "gfm " + " ".join(argv if argv is not None else sys.argv[1:])
         if args.command == "train":
             from models.serving import train_for_serving
-            from models.train import fingerprint
+            from models.train import choose_trend_tau, fingerprint
 
+            tau = choose_trend_tau(load_split(args.data, "valid"))[0] if config.two_tower.trend else None
             split = load_split(args.data, everything=True)
             directory = train_for_serving(split, encoder, config, args.out or settings.var_dir / "models",
-                                          fingerprint(args.data))
+                                          fingerprint(args.data), tau)
             print(f"model written to {directory}\nserve it with GFM_MODEL__DIR={directory} gfm up")
             return 0
-        from models.train import ABLATIONS, MODELS, run_evaluation, write_report
+        from models.train import ABLATIONS, MODELS, choose_trend_tau, run_evaluation, write_report
 
         models = tuple(args.models.split(",")) if args.models else MODELS
         unknown = set(models) - set(MODELS) - set(ABLATIONS)
@@ -234,9 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             models += tuple(a for a in ABLATIONS if a not in models)
         split = load_split(args.data, args.split)
         name = f"{split.name}-valid" if args.split == "valid" else split.name
+        tau, chosen = choose_trend_tau(split if args.split == "valid" else load_split(args.data, "valid"))
         rows = run_evaluation(split, encoder, config, models, args.seeds, seed_hgnn=not args.fixed_hgnn_seed,
-                              on_row=lambda so_far: write_report(split, so_far, config, command, args.out, name))
-        path = write_report(split, rows, config, command, args.out, name)
+                              on_row=lambda so_far: write_report(split, so_far, config, command, args.out, name,
+                                                                 chosen),
+                              trend_tau=tau)
+        path = write_report(split, rows, config, command, args.out, name, chosen)
         print(path.with_suffix(".md").read_text())
         return 0
 

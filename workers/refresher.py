@@ -7,16 +7,23 @@ vectors of what changed, and upserts them.
 
 **What a change refreshes.** A changed text or adjacency moves the vectors of the items that read it
 (:meth:`LiveGraph.affected`, by the model's number of hops); each refreshed item is stored with its vector and what
-a user vector reads of it (:meth:`VectorModel.user_features`). A user update stores the user's state (recent items
-with times, counts, consumed) with no model call: user vectors are composed at query time from the state and the
-stored item inputs (``vectorstore/compose.py``), so a moved item moves no stored user vector and users never wait
-in a frontier; :class:`RefresherLoop` reads user updates in a thread of their own, so a state is written within a
-poll of its arrival, whatever an item refresh costs. Direct changes (the items named by the batch's records) are
-refreshed in the same micro-batch. The indirect ones (the frontier: followers of a changed item) wait in an ordered
-pending set and are drained at most ``dependents_per_batch`` at a time, so that a hub's change (thousands of
-followers) never delays fresh events. Once the input is idle and the frontier empty, every stored item vector and
-input is what the model computes from the final graph, and every stored state the user's latest, whatever the batch
-boundaries were: a restarted refresher converges to the same store.
+a user vector reads of it (:meth:`VectorModel.user_features`). An item update also carries the item's trend levels
+(every consumption moves them, one per time constant of ``models.trend.TAUS``, relative to the epoch 0): for a
+model that reads the trend (:attr:`VectorModel.trend`), an item whose levels moved is rewritten, its level for
+the model's time constant rebased to the model's epoch (:meth:`~models.embedding.ServedTrend.levels`) and handed
+to :meth:`VectorModel.item_vectors`; only its last coordinate moves, and no other item reads it. An update whose
+adjacency is the one already held changes no adjacency (no HGNN work, no follower moved).
+
+A user update stores the user's state (recent items with times, counts, consumed) with no model call: user vectors
+are composed at query time from the state and the stored item inputs (``vectorstore/compose.py``), so a moved item
+moves no stored user vector and users never wait in a frontier; :class:`RefresherLoop` reads user updates in a
+thread of their own, so a state is written within a poll of its arrival, whatever an item refresh costs. Direct
+changes (the items named by the batch's records) are refreshed in the same micro-batch. The indirect ones (the
+frontier: followers of a changed item) wait in an ordered pending set and are drained at most
+``dependents_per_batch`` at a time, so that a hub's change (thousands of followers) never delays fresh events. Once
+the input is idle and the frontier empty, every stored item vector and input is what the model computes from the
+final graph, and every stored state the user's latest, whatever the batch boundaries were: a restarted refresher
+converges to the same store.
 
 On start it reads the three topics from the beginning: they are the mirror's changelog (compacted by key on a
 real Kafka), so a restarted refresher rebuilds the same state. Until it has read what the topics held when it
@@ -172,7 +179,7 @@ class Refresher:
         """The frontier, in order: per item, the earliest event time behind its pending refresh (0: unknown)."""
         self.degraded: str | None = None
         """Why the last vector store call failed, while it is being retried; None when healthy."""
-        self._retry("ensure", lambda: self.store.ensure(model.dim))
+        self._retry("ensure", lambda: self.store.ensure(model.dim, model.distance))
         self.users_refreshed = 0
         self.items_refreshed = 0
 
@@ -197,10 +204,14 @@ class Refresher:
                 self.graph.set_text(entry.item_id, entry.item_type, entry.title, vector)
                 text_changed.add(entry.item_id)
         adjacency_changed: set[str] = set()
+        level_changed: set[str] = set()
         for update in changes.items.values():
-            self.graph.set_adjacency(update.item_id, update.item_type, update.adjacency)
-            adjacency_changed.add(update.item_id)
-        direct_items = text_changed | adjacency_changed
+            if not self.graph.same_adjacency(update.item_id, update.adjacency):
+                self.graph.set_adjacency(update.item_id, update.item_type, update.adjacency)
+                adjacency_changed.add(update.item_id)
+            if self.graph.set_levels(update.item_id, update.item_type, update.levels) and self.model.trend is not None:
+                level_changed.add(update.item_id)  # its last coordinate moves; nothing reads it
+        direct_items = text_changed | adjacency_changed | level_changed
         origin = min(changes.origins.values(), default=0.0)
         for item_id in self.graph.affected(adjacency_changed, text_changed, self.model.hops) - direct_items:
             self.pending_items[item_id] = _earliest(self.pending_items.get(item_id, 0.0), origin)
@@ -257,7 +268,8 @@ class Refresher:
 
     def _refresh_items(self, item_ids: list[str], origins: dict[str, float]) -> None:
         rows = [self.graph.rows[i] for i in item_ids]
-        vectors = self.model.item_vectors(rows, self.graph)
+        trend = self.model.trend  # the stream's levels for the model's time constant, at the model's epoch
+        vectors = self.model.item_vectors(rows, self.graph, None if trend is None else trend.levels(self.graph, rows))
         keep = np.linalg.norm(vectors, axis=1) > 0  # items with neither text nor known neighbours wait
         rows_kept = [r for r, k in zip(rows, keep, strict=True) if k]
         self.graph.set_vectors(rows_kept, vectors[keep])

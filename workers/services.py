@@ -205,7 +205,7 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     loop = start_refresher(settings, store, registry) if (with_refresher or embedded) else None
     composer = loop.refresher.model.composer if loop is not None else build_composer(settings)
     if loop is None:
-        store.ensure(composer.dim)
+        store.ensure(composer.dim, composer.distance)
     producer = make_producer(settings.kafka)
     sink = EventSink(producer, settings.kafka)
 

@@ -7,7 +7,9 @@ and ``bench/faults_bench.py`` read it with a :class:`TopicMirror` and compare it
 * every user state must equal :func:`models.graph.build_graph` on the same events;
 * every item below the degree cap must equal ``build_graph``'s adjacency; an item that reached the cap depends on
   the order in which pairs from different events partitions arrived, so it is compared with the fold of the
-  pairs topic in its own order (:func:`fold_pairs_topic`), which also contains every redelivered group.
+  pairs topic in its own order (:func:`fold_pairs_topic`), which also contains every redelivered group;
+* every item's trend levels must equal ``models.trend.levels`` over the same consumptions, for every time
+  constant, within 1e-9 (:func:`streams.testing.item_levels`; the fold is order-free up to float rounding).
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from models.graph import Adjacency, CoGraph, GraphConfig, UserState
 from streams.agents import decode_item, decode_user, fold_pairs_log
+from streams.testing import item_levels
+
+LEVELS_ATOL = 1e-9
+"""How far a stream's float64 trend level may be from the reference (the rounding of folds in another order)."""
 
 
 class TopicMirror:
@@ -78,6 +85,12 @@ def stream_state(mirror: TopicMirror, app_id: str) -> tuple[dict[str, UserState]
     return users, adjacency
 
 
+def stream_levels(mirror: TopicMirror, app_id: str) -> dict[str, list[float]]:
+    """Every item's trend levels as the adjacency changelog holds them."""
+    _, adjacency_topic = changelog_topics(app_id)
+    return {k.decode(): decode_item(v).levels for k, v in mirror.latest.get(adjacency_topic, {}).items()}
+
+
 def fold_pairs_topic(mirror: TopicMirror, pairs_topic: str, max_degree: int) -> dict[str, Adjacency]:
     """The adjacency that folding each partition of the pairs topic once, in its order, gives."""
     return fold_pairs_log(((tp.partition, values) for tp, values in mirror.log.items() if tp.topic == pairs_topic),
@@ -98,12 +111,15 @@ class Comparison:
     items_different: int = 0
     edges_missing: int = 0
     extra_co_counts: int = 0
+    items_levels_different: int = 0
+    """Items whose trend levels are missing or further than :data:`LEVELS_ATOL` from the reference."""
     examples: list[str] = field(default_factory=list)
 
     @property
     def exact(self) -> bool:
         """Zero lost, zero double counted, nothing different."""
-        return not (self.users_missing or self.users_different or self.items_missing or self.items_different)
+        return not (self.users_missing or self.users_different or self.items_missing or self.items_different
+                    or self.items_levels_different)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -111,10 +127,20 @@ class Comparison:
 
 
 def compare(users: dict[str, UserState], adjacency: dict[str, Adjacency], expected: CoGraph,
-            uncapped: CoGraph, pairs_fold: dict[str, Adjacency] | None) -> Comparison:
+            uncapped: CoGraph, pairs_fold: dict[str, Adjacency] | None,
+            levels: dict[str, list[float]] | None = None,
+            expected_levels: dict[str, list[float]] | None = None) -> Comparison:
     """Compare a stream's state with ``expected`` (``build_graph`` on the same events) and, for items whose
-    neighbours in ``uncapped`` (``build_graph`` without pruning) reach the cap, with ``pairs_fold``."""
+    neighbours in ``uncapped`` (``build_graph`` without pruning) reach the cap, with ``pairs_fold``; and, when
+    given, its items' trend ``levels`` with ``expected_levels`` (:func:`streams.testing.item_levels`)."""
     out = Comparison(users=len(expected.users), items=len(expected.adjacency))
+    if levels is not None and expected_levels is not None:
+        for item_id, want_levels in expected_levels.items():
+            got_levels = levels.get(item_id)
+            if got_levels is None or not np.allclose(got_levels, want_levels, rtol=0, atol=LEVELS_ATOL):
+                out.items_levels_different += 1
+                if len(out.examples) < 5:
+                    out.examples.append(f"item {item_id} levels {got_levels} != {want_levels}")
     for user_id, state in expected.users.items():
         got = users.get(user_id)
         if got is None:
@@ -230,15 +256,27 @@ def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate:
     }
 
 
-def reference(events: list[Any], config: GraphConfig) -> tuple[CoGraph, CoGraph]:
-    """``build_graph`` on ``events`` (:class:`~streams.records.ListenEvent`), with and without the degree cap."""
+class Reference(NamedTuple):
+    """What a stream's state must be after some events (:func:`reference`)."""
+
+    graph: CoGraph
+    """``build_graph`` on the events."""
+    uncapped: CoGraph
+    """The same without the degree cap (to find the items that reached it)."""
+    levels: dict[str, list[float]]
+    """Every consumed item's trend levels (:func:`streams.testing.item_levels`)."""
+
+
+def reference(events: list[Any], config: GraphConfig) -> Reference:
+    """``build_graph`` on ``events`` (:class:`~streams.records.ListenEvent`), with and without the degree cap, and
+    the items' trend levels over them."""
     from models.graph import build_graph
 
     rows = [(e.event_id, e.user_id, e.item_id, e.item_type, e.ts) for e in events]
-    return build_graph(rows, config), build_graph(rows, uncapped_config(config))
+    return Reference(build_graph(rows, config), build_graph(rows, uncapped_config(config)), item_levels(rows))
 
 
-def wait_for_the_fold(stack: Any, expected: tuple[CoGraph, CoGraph], limit_s: float) -> tuple[Comparison, float]:
+def wait_for_the_fold(stack: Any, expected: Reference, limit_s: float) -> tuple[Comparison, float]:
     """Wait until the stack's changelogs equal ``expected`` (:func:`reference`), or ``limit_s``; returns the
     last comparison and the seconds waited."""
     settings = stack.settings
@@ -253,7 +291,9 @@ def wait_for_the_fold(stack: Any, expected: tuple[CoGraph, CoGraph], limit_s: fl
             stack.check()
             mirror.refresh(idle_s=1.5)
             users, adjacency = stream_state(mirror, settings.streams.app_id)
-            result = compare(users, adjacency, *expected, fold_pairs_topic(mirror, pairs_topic, config.max_degree))
+            result = compare(users, adjacency, expected.graph, expected.uncapped,
+                             fold_pairs_topic(mirror, pairs_topic, config.max_degree),
+                             stream_levels(mirror, settings.streams.app_id), expected.levels)
             if result.exact or time.monotonic() - started > limit_s:
                 break
             settled_at = wait_until_idle(stack, started + limit_s)
@@ -266,7 +306,8 @@ def wait_until_idle(stack: Any, deadline: float, quiet_s: float = 2.0) -> float:
     """Wait until the stream workers' counters stop moving for ``quiet_s`` (cheap, unlike reading the state
     back); returns when they last moved (monotonic seconds)."""
     ports = stack.stream_metrics_ports()
-    names = ("gfm_stream_events_total", "gfm_graph_pairs_total", "gfm_graph_pairs_redelivered_total")
+    names = ("gfm_stream_events_total", "gfm_graph_pairs_total", "gfm_graph_pairs_redelivered_total",
+             "gfm_trend_consumptions_total")
     last, moved = None, time.monotonic()
     while time.monotonic() < deadline:
         stack.check()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from models.graph import build_graph
-from streams.testing import hostile_messages
+from streams.testing import hostile_messages, item_levels
 from tests.conftest import make_settings
 from tests.integration.test_faults import synthetic_events
 from workers.kafka_io import EventSink, make_producer, publish_catalog
@@ -18,6 +18,7 @@ from workers.statecheck import (
     changelog_topics,
     compare,
     fold_pairs_topic,
+    stream_levels,
     stream_state,
     uncapped_config,
 )
@@ -58,6 +59,7 @@ def test_ten_thousand_hostile_messages_change_nothing_but_the_dead_letter_topic(
         rows = [(e.event_id, e.user_id, e.item_id, e.item_type, e.ts) for e in valid]
         config = settings.streams.graph_config()
         expected, uncapped = build_graph(rows, config), build_graph(rows, uncapped_config(config))
+        expected_levels = item_levels(rows)
         mirror = TopicMirror(settings.kafka.bootstrap, [*changelog_topics(settings.streams.app_id),
                                                         settings.kafka.topic("pairs")],
                              keep_log=[settings.kafka.topic("pairs")])
@@ -70,7 +72,8 @@ def test_ten_thousand_hostile_messages_change_nothing_but_the_dead_letter_topic(
             letters = _dead_letters(dead)
             users, adjacency = stream_state(mirror, settings.streams.app_id)
             result = compare(users, adjacency, expected, uncapped,
-                             fold_pairs_topic(mirror, settings.kafka.topic("pairs"), config.max_degree))
+                             fold_pairs_topic(mirror, settings.kafka.topic("pairs"), config.max_degree),
+                             stream_levels(mirror, settings.streams.app_id), expected_levels)
             if (result.exact and len(letters) >= len(hostile)) or time.monotonic() > deadline:
                 break
         mirror.close()

@@ -8,7 +8,7 @@ import pytest
 
 from vectorstore.base import ItemPoint, UserPoint
 from vectorstore.edge import EdgeStore
-from vectorstore.errors import DimensionMismatch
+from vectorstore.errors import DimensionMismatch, DistanceMismatch
 from vectorstore.server import ServerStore
 
 pytestmark = pytest.mark.integration
@@ -139,3 +139,39 @@ def test_item_inputs_and_user_states_round_trip_exactly_on_both_backends(stores)
         expected = points[4].vector / np.linalg.norm(points[4].vector)  # a cosine store keeps unit vectors
         np.testing.assert_allclose(vectors["i4"][1], expected, atol=1e-6)
         assert store.item_inputs([], features=True) == {}
+
+
+def test_a_dot_store_ranks_by_the_plain_dot_product_on_both_backends(tmp_path):
+    """A model with the trend coordinate (an item's level last, a user's weight for it last) needs the plain dot
+    product: vectors are stored as given (not normalised) and a long vector beats a better angle."""
+    rng = np.random.default_rng(5)
+    dim = 9  # a 8-dim model plus the trend coordinate
+    vectors = rng.normal(size=(40, dim)).astype(np.float32)
+    vectors[:, -1] = rng.uniform(-3, 6, size=40)  # levels: far from unit norm
+    points = [ItemPoint(f"i{k}", "podcast", f"t{k}", vectors[k], "v1", 1.0) for k in range(40)]
+    user = rng.normal(size=dim).astype(np.float32)
+    user[-1] = 0.8
+    want = [f"i{k}" for k in np.argsort(-(vectors @ user))[:10]]
+    cosine = [f"i{k}" for k in np.argsort(-(vectors @ user) / np.linalg.norm(vectors, axis=1))[:10]]
+    assert want != cosine  # the test tells the two apart
+    edge, server = EdgeStore(tmp_path / "edge", hnsw_ef=None), ServerStore(":memory:")
+    for store in (edge, server):
+        store.ensure(dim, "dot")
+        store.upsert_items(points)
+        hits = store.search(user, 10)
+        assert [h.item_id for h in hits] == want
+        np.testing.assert_allclose([h.score for h in hits], np.sort(vectors @ user)[::-1][:10], rtol=1e-5)
+        np.testing.assert_array_equal(store.get_item("i3").vector, vectors[3])  # stored exactly as given
+    server.close()
+    edge.close()
+    with pytest.raises(DistanceMismatch, match="dot"):
+        EdgeStore(tmp_path / "edge").ensure(dim)  # a cosine model on a dot store
+    again = EdgeStore(tmp_path / "edge")
+    again.ensure(dim, "dot")
+    assert again.count_items() == 40
+    again.close()
+    cosine_store = ServerStore(":memory:")
+    cosine_store.ensure(dim)
+    with pytest.raises(DistanceMismatch, match="cosine"):
+        cosine_store.ensure(dim, "dot")
+    cosine_store.close()

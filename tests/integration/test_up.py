@@ -35,7 +35,7 @@ def test_gfm_up_runs_the_demo_end_to_end(tmp_path):
     assert directory.startswith(str(tmp_path / "models")) and (tmp_path / "models" / version / "hgnn.pt").exists()
     assert f"serving model {version}" in result.stdout  # /healthz
     assert f"podcast recommendations (model {version}):" in result.stdout  # the API's answer
-    ranked = re.findall(r"^\s+\d\. .+\((p\d{4}), score ([0-9.]+)\)$", result.stdout, flags=re.M)
+    ranked = re.findall(r"^\s+\d\. .+\((p\d{4}), score (-?[0-9.]+)\)$", result.stdout, flags=re.M)
     assert len(ranked) == 5
     scores = [float(score) for _, score in ranked]
     assert scores == sorted(scores, reverse=True)

@@ -1,13 +1,17 @@
 """The stream's state is exactly the fold of the log: crashes at any point, redelivered messages, duplicated events
-and misrouted events change nothing (the pure agents, run by the list-backed harness)."""
+and misrouted events change nothing (the pure agents, run by the list-backed harness). That state includes each
+item's trend levels: they equal ``models.trend.levels`` over the same consumptions (repeat plays and users' first
+events included), for every time constant, within 1e-9 in float64."""
 
 import contextlib
 import json
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from models import trend
 from models.graph import GraphConfig, build_graph
 from models.synthetic import generate
 from streams.agents import StreamConfig, decode_pairs, partition_for
@@ -20,7 +24,7 @@ from streams.records import (
     validate_item_update,
     validate_user_update,
 )
-from streams.testing import LogHarness
+from streams.testing import LogHarness, item_levels
 
 PARTITIONS = 3
 
@@ -32,6 +36,28 @@ def _rows(seed: int = 11, users: int = 25):
 
 
 ROWS = _rows()
+LEVELS = item_levels(ROWS)
+
+
+def assert_levels(got: dict, want: dict) -> None:
+    """Every item's levels, for every time constant, within 1e-9 (float64; the fold is order-free up to rounding)."""
+    assert got.keys() == want.keys()
+    for item_id, levels in want.items():
+        assert np.allclose(got[item_id], levels, rtol=0, atol=1e-9), (item_id, got[item_id], levels)
+
+
+def test_the_reference_counts_every_consumption():
+    """A user's first event (no pair) and repeat plays (no new pair) count; an event id sent twice counts once."""
+    rows = [("1", "u", "a", "t", 10.0), ("2", "u", "a", "t", 20.0), ("3", "v", "b", "t", 30.0),
+            ("3", "v", "b", "t", 30.0)]
+    levels = item_levels(rows)
+    assert levels["a"][trend.TAUS.index(None)] == pytest.approx(np.log(2 + trend.EPSILON))
+    assert levels["b"][trend.TAUS.index(None)] == pytest.approx(np.log(1 + trend.EPSILON))
+    harness = LogHarness(StreamConfig(partitions=PARTITIONS))
+    harness.produce(rows)
+    harness.drain()
+    assert harness.adjacency() == {"a": {}, "b": {}}  # no pair at all, yet both items hold their consumptions
+    assert_levels(harness.levels(), levels)
 
 step = st.tuples(st.sampled_from(["events", "pairs", "events", "pairs", "move"]), st.integers(0, PARTITIONS - 1),
                  st.integers(1, 4), st.sampled_from([None, None, "before_state", "before_changelog", "before_commit"]))
@@ -42,9 +68,9 @@ step = st.tuples(st.sampled_from(["events", "pairs", "events", "pairs", "move"])
 def test_crashes_anywhere_leave_exactly_the_fold_of_the_log(schedule, max_degree):
     """Any interleaving of batches, each possibly crashing before its state or before its commit, then a clean
     drain: user states equal the batch build, and adjacencies equal the fold of the pairs log (and the batch
-    build where the degree cap never pruned), in the local tables and in their changelogs, with partitions moving
-    to another worker (restored from the changelogs) at any point. Users remember only 3 event ids here, so
-    replays are recognised by their offsets, not by event ids."""
+    build where the degree cap never pruned), and trend levels equal ``trend.levels`` over the events, in the local
+    tables and in their changelogs, with partitions moving to another worker (restored from the changelogs) at any
+    point. Users remember only 3 event ids here, so replays are recognised by their offsets, not by event ids."""
     graph = GraphConfig(max_degree=max_degree, max_event_ids=3)
     harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=graph), per_message=4)
     harness.produce(ROWS)
@@ -59,6 +85,7 @@ def test_crashes_anywhere_leave_exactly_the_fold_of_the_log(schedule, max_degree
     for changelog in (False, True):  # the local tables, and what another worker would restore
         assert harness.users(changelog) == expected.users
         assert harness.adjacency(changelog) == harness.fold_pairs_log()
+        assert_levels(harness.levels(changelog), LEVELS)
         if max_degree == 1000:
             assert harness.adjacency(changelog) == expected.adjacency
 
@@ -77,6 +104,7 @@ def test_a_crash_between_outputs_and_state_loses_no_pairs_and_counts_none_twice(
     expected = build_graph(ROWS, GraphConfig(max_degree=1000))
     assert harness.users() == expected.users
     assert harness.adjacency() == expected.adjacency
+    assert_levels(harness.levels(), LEVELS)
 
 
 def test_replayed_messages_are_recognised_by_offset_beyond_the_event_id_window():
@@ -87,6 +115,7 @@ def test_replayed_messages_are_recognised_by_offset_beyond_the_event_id_window()
         harness.events_batch(partition, 1000, crash="before_commit")
     harness.drain()
     assert harness.users() == build_graph(ROWS, graph).users
+    assert_levels(harness.levels(), LEVELS)
 
 
 def test_duplicated_events_and_redelivered_pair_messages_change_nothing():
@@ -103,6 +132,8 @@ def test_duplicated_events_and_redelivered_pair_messages_change_nothing():
     noisy.drain()
     assert noisy.users() == clean.users()
     assert noisy.adjacency() == clean.adjacency()
+    assert_levels(noisy.levels(), clean.levels())
+    assert_levels(noisy.levels(), LEVELS)
 
 
 def test_misrouted_events_are_forwarded_to_their_users_partition():
@@ -112,7 +143,19 @@ def test_misrouted_events_are_forwarded_to_their_users_partition():
     expected = build_graph(ROWS, GraphConfig(max_degree=1000))
     assert harness.users() == expected.users
     assert harness.adjacency() == expected.adjacency
+    assert_levels(harness.levels(), LEVELS)
     assert any(partition_for(u, PARTITIONS) != 0 for u in expected.users)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(partitions=st.integers(1, 5), pack=st.integers(1, 40), per_message=st.integers(1, 60),
+       max_messages=st.integers(1, 6))
+def test_levels_do_not_depend_on_partitioning_or_batching(partitions, pack, per_message, max_messages):
+    harness = LogHarness(StreamConfig(partitions=partitions), per_message=per_message)
+    harness.produce(ROWS, pack=pack)
+    harness.drain(max_messages=max_messages)
+    assert_levels(harness.levels(), LEVELS)
+    assert_levels(harness.levels(changelog=True), LEVELS)
 
 
 # --- every decoder: any input is a record or an InvalidRecord, never another exception ---------------------------
@@ -178,3 +221,22 @@ def test_a_hole_in_a_partitions_offsets_stops_the_batch_before_anything_is_appli
     tracker.check([(0, 5), (0, 6)])  # a replay (after a rebalance) goes back: fine
     with pytest.raises(OffsetGap, match="partition 1: offsets 4..4 were skipped"):
         tracker.check([(0, 7), (1, 5)])
+
+
+def test_the_state_check_on_the_real_broker_compares_levels():
+    """``workers.statecheck.compare`` (what the fault, poison and scale tests on tansu use) counts an item whose
+    levels are off, or missing, as a difference."""
+    from workers.statecheck import compare
+
+    expected = build_graph(ROWS, GraphConfig(max_degree=1000))
+    harness = LogHarness(StreamConfig(partitions=PARTITIONS, graph=GraphConfig(max_degree=1000)))
+    harness.produce(ROWS)
+    harness.drain()
+    levels = harness.levels()
+    args = (harness.users(), harness.adjacency(), expected, expected, None)
+    assert compare(*args, levels, LEVELS).exact
+    item = next(iter(levels))
+    off = {**levels, item: [levels[item][0] + 1e-6, *levels[item][1:]]}
+    assert compare(*args, off, LEVELS).items_levels_different == 1
+    missing = {k: v for k, v in levels.items() if k != item}
+    assert not compare(*args, missing, LEVELS).exact

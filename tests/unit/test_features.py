@@ -2,11 +2,14 @@
 model trained on generated events serving, through the stream's agents and the refresher, exactly the vectors that
 training computed (degree pruning active, repeat plays and tied timestamps in the events)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from models import trend
 from models.evaluate import load_split
 from models.features import Histories, graph_tensors, user_tower_features
 from models.graph import GraphConfig, build_graph
@@ -66,8 +69,7 @@ def test_user_features_read_the_stream_state_each_item_once():
     np.testing.assert_allclose(wide[0, 4:8], (per_item[1] + per_item[0]) / 2)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def _train(tmp_path_factory, trend_tau: float | None = None, with_trend: bool = False):
     """A small model trained on generated events with ties in time (3-minute clock) and a degree cap of 4."""
     data = generate(users=60, items_per_type=30, events_per_user=20, seed=13)
     folder = write_dataset(data, tmp_path_factory.mktemp("parity"))
@@ -77,11 +79,48 @@ def trained(tmp_path_factory):
     (folder / "events.tsv").write_text("\n".join(ticked) + "\n")
     config = TrainConfig(graph=GraphConfig(max_degree=4),
                          hgnn=HGNNConfig(hidden=16, out=16, epochs=2, batch_edges=256),
-                         two_tower=TwoTowerConfig(dim=16, hidden=32, epochs=2, batch=64, examples_per_user=8))
+                         two_tower=TwoTowerConfig(dim=16, hidden=32, epochs=2, batch=64, examples_per_user=8,
+                                                  trend=with_trend))
     encoder = HashingEncoder(32)
     split = load_split(folder, everything=True)
-    directory = train_for_serving(split, encoder, config, tmp_path_factory.mktemp("models"), "parity")
+    directory = train_for_serving(split, encoder, config, tmp_path_factory.mktemp("models"), "parity", trend_tau)
     return split, config, encoder, TrainedModel(directory, encoder.name), directory
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return _train(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trained_trend(tmp_path_factory):
+    """The same with the trend (a time constant of one day: the generated events span about two)."""
+    return _train(tmp_path_factory, trend_tau=trend.DAY, with_trend=True)
+
+
+def _serve(split, config, encoder, model):
+    """The training events through the stream's agents, their refresh requests through the refresher (catalogue
+    last, items in another row order) into a store. One partition: the degree rule prunes by the weights an item
+    has when it reaches the cap, so a pruned adjacency depends on the order its pairs arrive in, and with several
+    partitions that order is not the events' order."""
+    ids = [i.item_id for i in split.items]
+    kafka = KafkaSettings()
+    harness = LogHarness(StreamConfig(partitions=1, graph=config.graph))
+    harness.produce((f"e{n}", u, ids[i], split.items[i].item_type, ts) for n, (u, i, ts) in enumerate(split.train))
+    harness.drain(max_messages=2)
+    records = [(kafka.topic("user-updates"), v, 0, n) for n, v in enumerate(harness.user_updates)]
+    records += [(kafka.topic("item-updates"), v, 0, n) for n, v in enumerate(harness.item_updates)]
+    records += [(kafka.topic("catalog"), CatalogItem(item_id=i.item_id, item_type=i.item_type, title=i.title,
+                                                     description=i.text).dumps(), 0, n)
+                for n, i in enumerate(reversed(split.items))]
+    store = ServerStore(":memory:")
+    refresher = Refresher(store, model, encoder, RefresherMetrics.create(CollectorRegistry()),
+                          RefresherSettings(dependents_per_batch=10**6))
+    for start in range(0, len(records), 200):
+        refresher.apply(collect(records[start : start + 200], kafka))
+    while not refresher.idle:
+        refresher.apply(Changes())
+    return harness, store
 
 
 def test_served_vectors_equal_the_training_time_vectors(trained):
@@ -108,27 +147,9 @@ def test_served_vectors_equal_the_training_time_vectors(trained):
     assert any(len(set(h)) < len(h) for h in split.histories.values())
     assert len({(u, ts) for u, _, ts in split.train}) < len(split.train)
 
-    # what serving computes: the same events through the stream's agents, their refresh requests through the
-    # refresher (catalogue last, items in another row order), vectors read back from the store. One partition:
-    # the degree rule prunes by the weights an item has when it reaches the cap, so a pruned adjacency depends on
-    # the order its pairs arrive in, and with several partitions that order is not the events' order
-    kafka = KafkaSettings()
-    harness = LogHarness(StreamConfig(partitions=1, graph=config.graph))
-    harness.produce((f"e{n}", u, ids[i], split.items[i].item_type, ts) for n, (u, i, ts) in enumerate(split.train))
-    harness.drain(max_messages=2)
+    # what serving computes: the same events through the stream's agents and the refresher, read from the store
+    harness, store = _serve(split, config, encoder, model)
     assert harness.adjacency() == cograph.adjacency
-    records = [(kafka.topic("user-updates"), v, 0, n) for n, v in enumerate(harness.user_updates)]
-    records += [(kafka.topic("item-updates"), v, 0, n) for n, v in enumerate(harness.item_updates)]
-    records += [(kafka.topic("catalog"), CatalogItem(item_id=i.item_id, item_type=i.item_type, title=i.title,
-                                                     description=i.text).dumps(), 0, n)
-                for n, i in enumerate(reversed(split.items))]
-    store = ServerStore(":memory:")
-    refresher = Refresher(store, model, encoder, RefresherMetrics.create(CollectorRegistry()),
-                          RefresherSettings(dependents_per_batch=10**6))
-    for start in range(0, len(records), 200):
-        refresher.apply(collect(records[start : start + 200], kafka))
-    while not refresher.idle:
-        refresher.apply(Changes())
 
     served_items = np.stack([store.get_item(i).vector for i in ids])
     assert np.abs(served_items - trained_items).max() <= 1e-5
@@ -138,6 +159,43 @@ def test_served_vectors_equal_the_training_time_vectors(trained):
     served_users = composed.vectors([store.get_user(u) for u in histories.users])
     assert len(served_users) == 60 and composed.version == model.version
     assert np.abs(served_users - trained_users).max() <= 1e-5
+
+
+def test_a_trend_model_serves_the_training_time_levels_and_vectors(trained_trend):
+    """With the trend: the stream folds every consumption into its item's levels (epoch 0, every time constant),
+    the refresher rebases the model's to the model's epoch and the served item vector's last coordinate is the
+    level training computed (``Split.levels``); user vectors end with the user's weight for it; the store ranks
+    by the plain dot product on vectors one coordinate wider."""
+    split, config, encoder, model, directory = trained_trend
+    device = torch.device("cpu")
+    ids = [i.item_id for i in split.items]
+    meta = json.loads((directory / "config.json").read_text())
+    assert meta["trend_tau"] == trend.DAY and meta["trend_epoch"] == split.now
+    assert model.trend is not None and model.dim == config.two_tower.dim + 1 and model.distance == "dot"
+
+    text = text_embeddings(split, encoder)
+    typed = graph_of(split, split.train, config.graph)
+    embedding = embed(model.hgnn, typed, text, device)
+    levels = split.levels(trend.DAY)
+    assert np.ptp(levels) > 1.0  # the levels differ between items: the test tells them apart
+    trained_items = item_vectors(model.towers, embedding, text, split.item_type, device,
+                                 typed.weighted_degree(len(ids)), levels=levels)
+    histories = histories_list(split, config.graph)
+    trained_users = user_vectors(model.towers, histories.final_states, histories.rows, split.item_type,
+                                 split.type_names, user_item_features(embedding, text, model.tt_config),
+                                 model.tt_config, device)
+    assert trained_items.shape[1] == trained_users.shape[1] == model.dim
+
+    _, store = _serve(split, config, encoder, model)
+    params = store.client.get_collection(store.items).config.params.vectors
+    assert (params.size, params.distance.value.lower()) == (model.dim, "dot")
+    served_items = np.stack([store.get_item(i).vector for i in ids])
+    assert np.abs(served_items[:, -1] - levels).max() <= 1e-5  # the training-time level, from the stream's
+    assert np.abs(served_items - trained_items).max() <= 1e-5
+    composed = ComposedUsers(store, UserTower.load(directory))
+    served_users = composed.vectors([store.get_user(u) for u in histories.users])
+    assert np.abs(served_users - trained_users).max() <= 1e-5
+    assert (served_users[:, -1] > 0).all()  # lambda_u, the user's weight for the trend (softplus)
 
 
 def test_gfm_up_trains_the_demo_model_once_and_reuses_it(tmp_path):

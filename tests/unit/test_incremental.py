@@ -38,7 +38,8 @@ def model(tmp_path_factory):
     data = generate(users=50, items_per_type=40, events_per_user=16, seed=21)
     folder = write_dataset(data, tmp_path_factory.mktemp("incremental"))
     config = TrainConfig(graph=GRAPH, hgnn=HGNNConfig(hidden=16, out=16, epochs=1, batch_edges=128),
-                         two_tower=TwoTowerConfig(dim=16, hidden=32, epochs=1, batch=64, examples_per_user=5))
+                         two_tower=TwoTowerConfig(dim=16, hidden=32, epochs=1, batch=64, examples_per_user=5,
+                                                  trend=False))  # the HGNN's layers do not read the trend
     directory = train_for_serving(load_split(folder, everything=True), ENCODER, config,
                                   tmp_path_factory.mktemp("models"), "incremental")
     return directory

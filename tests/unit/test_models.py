@@ -269,3 +269,14 @@ def test_time_weighted_examples_pick_the_item_after_the_long_gap():
         plain.append(int(targets[0]))
     assert picked.count(3) >= 29
     assert plain.count(3) < 15  # without the weighting, positions are uniform
+
+
+def test_trend_tau_is_the_best_on_validation_and_ties_go_to_the_slower_decay(monkeypatch):
+    import models.evaluate as evaluate
+    from models.trend import DAY
+
+    scores = {None: 0.2, DAY: 0.3, 3 * DAY: 0.5, 7 * DAY: 0.5, 14 * DAY: 0.1, 30 * DAY: 0.1, 90 * DAY: 0.1}
+    monkeypatch.setattr(evaluate, "trend_tau_scores", lambda split: scores)
+    assert evaluate.select_trend_tau(None)[0] == 7 * DAY  # type: ignore[arg-type]
+    scores[None] = 0.5
+    assert evaluate.select_trend_tau(None)[0] is None  # type: ignore[arg-type]

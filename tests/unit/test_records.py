@@ -75,8 +75,11 @@ def test_fold_events_sorts_outcomes_and_dead_letters():
     assert batch.users["u1"].offsets == {str(home): 1}
     assert batch.sent_at == {"u1": 2.0}
     groups = {key: group for part in batch.pairs.values() for key, group in part.items()}
-    assert {key: group[4] for key, group in groups.items()} == {("i1", home, 1): "i2", ("i2", home, 1): "i1"}
-    assert batch.pair_count == 2
+    # i1's first consumption made no pair, i2's paired it with i1; each group carries its item's consumption times
+    assert {key: group[4:] for key, group in groups.items()} == {
+        ("i1", home, 1): [[GOOD["ts"]], "i2", "podcast", GOOD["ts"]],
+        ("i2", home, 1): [[GOOD["ts"]], "i1", "podcast", GOOD["ts"]]}
+    assert batch.pair_count == 2 and batch.consumptions == 2
     for partition, part in batch.pairs.items():
         assert all(partition_for(src, 2) == partition for src, _, _ in part)
 
@@ -87,3 +90,38 @@ def test_partition_matches_kafka_default_partitioner():
     partitioner = DefaultPartitioner()
     for key in ["u1", "user-42", "B00GTW0O86", "6139"]:
         assert partition_for(key, 4) == partitioner(key.encode(), [0, 1, 2, 3], [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("group, field", [
+    (["a", "podcast", 0, 1, "b", "podcast", 1.0], "<group>"),  # the old layout: no consumption list
+    (["a", "podcast", 0, 1, 2.0, "b", "podcast", 1.0], "consumed"),
+    (["a", "podcast", 0, 1, [1.0, "x"]], "consumed"),
+    (["a", "podcast", 0, 1, [True]], "consumed"),
+    (["a", "podcast", 0, 1, [1.0], "b", "podcast"], "<group>"),
+])
+def test_a_pair_group_without_a_list_of_consumption_times_is_refused(group, field):
+    from streams.agents import decode_pairs
+
+    with pytest.raises(InvalidRecord) as caught:
+        decode_pairs(json.dumps([group]).encode())
+    assert caught.value.field == field
+    assert decode_pairs(json.dumps([["a", "podcast", 0, 1, [1.0, 2]]]).encode())[0][4] == [1.0, 2]
+
+
+def test_an_item_update_carries_one_level_per_time_constant():
+    from models.trend import TAUS
+    from streams.records import validate_item_update
+
+    update = {"item_id": "a", "item_type": "podcast", "adjacency": {}, "levels": [1.5] * len(TAUS)}
+    assert validate_item_update(update).levels == [1.5] * len(TAUS)
+    for levels in (None, [1.0], ["x"] * len(TAUS), [1.0] * (len(TAUS) + 1)):
+        with pytest.raises(InvalidRecord) as caught:
+            validate_item_update({**update, "levels": levels})
+        assert caught.value.field == "levels"
+
+
+def test_an_item_value_from_before_the_levels_is_refused_by_name():
+    from streams.agents import StaleState, decode_item
+
+    with pytest.raises(StaleState, match="no trend levels"):
+        decode_item(b'{"type": "podcast", "offsets": {"0": 3}, "adj": {}}')

@@ -78,7 +78,7 @@ def _assert_same(a, b):
         np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
 
 
-def _trained_model(tmp_path_factory):
+def _trained_model(tmp_path_factory, with_trend: bool = False):
     from models.evaluate import load_split
     from models.hgnn import HGNNConfig
     from models.serving import TrainedModel, train_for_serving
@@ -89,24 +89,29 @@ def _trained_model(tmp_path_factory):
     folder = write_dataset(generate(users=40, items_per_type=25, events_per_user=15, seed=3),
                            tmp_path_factory.mktemp("refresher-model"))
     config = TrainConfig(hgnn=HGNNConfig(hidden=16, out=8, epochs=1, batch_edges=128),
-                         two_tower=TwoTowerConfig(dim=8, hidden=16, epochs=1, batch=64, examples_per_user=5))
+                         two_tower=TwoTowerConfig(dim=8, hidden=16, epochs=1, batch=64, examples_per_user=5,
+                                                  trend=with_trend))
     directory = train_for_serving(load_split(folder, everything=True), ENCODER, config,
-                                  tmp_path_factory.mktemp("models"), "test")
+                                  tmp_path_factory.mktemp("models"), "test", 3 * 86400.0 if with_trend else None)
     return TrainedModel(directory, ENCODER.name)
 
 
-@pytest.fixture(scope="module", params=["text-propagation", "2t-hgnn"])
+@pytest.fixture(scope="module", params=["text-propagation", "2t-hgnn", "2t-hgnn-trend"])
 def model(request, tmp_path_factory):
+    """The fallback, the 2T-HGNN, and the 2T-HGNN with the trend (every consumption moves its item's vector)."""
     if request.param == "text-propagation":
         return TextPropagationModel(ENCODER.name, ENCODER.dim)
-    return _trained_model(tmp_path_factory)
+    return _trained_model(tmp_path_factory, with_trend=request.param.endswith("trend"))
 
 
 def test_incremental_refresh_equals_a_full_recompute_and_survives_a_restart(model):
     records = _records()
     expected_items, expected_users = _full_recompute(model, records)
     assert len(expected_items) > 40 and len(expected_users) == 40
-    assert all(np.isclose(np.linalg.norm(v), 1.0, atol=1e-5) for v in expected_users.values())
+    if model.trend is None:  # unit vectors for a cosine store; with the trend, [scale * u / temperature, lambda_u]
+        assert all(np.isclose(np.linalg.norm(v), 1.0, atol=1e-5) for v in expected_users.values())
+    else:
+        assert all(v[-1] > 0 and np.linalg.norm(v) > 1.0 for v in expected_users.values())
 
     incremental = _refresher(model, per_batch=7)  # a tiny budget: the frontier spans many batches
     _feed(incremental, records, [1, 3, 17, 60])
