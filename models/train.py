@@ -28,6 +28,7 @@ from models.evaluate import (
     cooc_scorer,
     embedding_scorer,
     evaluate_scorer,
+    load_split,
     popularity_scorer,
     recent_popularity_scorer,
     select_trend_tau,
@@ -173,6 +174,12 @@ def choose_trend_tau(valid: Split) -> tuple[float | None, dict[str, Any]]:
     log.info("trend time constant %s chosen on %s validation targets (decayed popularity HR@10 per tau: %s)",
              _tau_label(tau), valid.name, {_tau_label(k): round(v, 4) for k, v in scores.items()})
     return tau, {"tau": tau, "valid_hr10": [[k, round(v, 4)] for k, v in scores.items()]}
+
+
+def serving_trend_tau(folder: Path, config: TwoTowerConfig) -> float | None:
+    """The time constant a model trained with ``config`` on ``folder`` reads: chosen on the folder's validation
+    data (:func:`choose_trend_tau`), None when its towers do not read the trend."""
+    return choose_trend_tau(load_split(folder, "valid"))[0] if config.trend else None
 
 
 @dataclass
@@ -433,4 +440,4 @@ def fingerprint(folder: Path) -> str:
 
 
 __all__ = ["ABLATIONS", "MODELS", "Row", "TrainConfig", "choose_trend_tau", "fingerprint", "render_markdown",
-           "run_evaluation", "write_report"]
+           "run_evaluation", "serving_trend_tau", "write_report"]

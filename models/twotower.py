@@ -281,7 +281,7 @@ class TrendLevels:
 
     The events are sorted by (item, time) once, with each item's running log-sum-exp of :math:`(t_e - t_0)/\\tau`
     (float64); a query (item, t) is one binary search on the combined key (item, rank of the time among the
-    distinct times), so a step's (examples x candidates) trends cost one ``torch.searchsorted``.
+    distinct times), so a step's (examples x candidates) trends cost one sorted ``numpy.searchsorted``.
 
     Args:
         items: the events' items (all users).

@@ -108,9 +108,9 @@ def _train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
 def _online_eval(args: argparse.Namespace, settings: Settings, command: str) -> int:
     import torch
 
-    from models.evaluate import Split, load_split
+    from models.evaluate import Split
     from models.serving import cached_model
-    from models.train import choose_trend_tau, fingerprint
+    from models.train import fingerprint, serving_trend_tau
     from workers.online import OnlineOptions, run_online_eval
     from workers.services import build_encoder
 
@@ -124,7 +124,7 @@ def _online_eval(args: argparse.Namespace, settings: Settings, command: str) -> 
     torch.set_num_threads(1)
 
     def model_dir(split: Split) -> Path:  # trained on the events before the cut, cached under var_dir/models
-        tau = choose_trend_tau(load_split(args.data, "valid"))[0] if config.two_tower.trend else None
+        tau = serving_trend_tau(args.data, config.two_tower)
         directory, trained = cached_model(split, build_encoder(settings, progress=True), config,
                                           settings.var_dir / "models", f"{fingerprint(args.data)}-before-cut", tau)
         print(f"model: {directory} ({'trained' if trained else 'cached'})", flush=True)
@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         command = "gfm " + " ".join(argv if argv is not None else sys.argv[1:])
         if args.command == "train":
             from models.serving import train_for_serving
-            from models.train import choose_trend_tau, fingerprint
+            from models.train import fingerprint, serving_trend_tau
 
-            tau = choose_trend_tau(load_split(args.data, "valid"))[0] if config.two_tower.trend else None
+            tau = serving_trend_tau(args.data, config.two_tower)
             split = load_split(args.data, everything=True)
             directory = train_for_serving(split, encoder, config, args.out or settings.var_dir / "models",
                                           fingerprint(args.data), tau)

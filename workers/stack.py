@@ -322,14 +322,14 @@ def ensure_model(settings: Settings) -> tuple[Settings, str]:
     from models.evaluate import load_split
     from models.serving import cached_model
     from models.synthetic import write_dataset
-    from models.train import choose_trend_tau, fingerprint
+    from models.train import fingerprint, serving_trend_tau
     from workers.services import build_encoder
 
     torch.set_num_threads(1)  # this small a model trains faster on one thread, and leaves a core to the rest
     started = time.perf_counter()
     folder = write_dataset(generate(), settings.var_dir / "demo-data")
     config = demo_train_config(settings)
-    tau = choose_trend_tau(load_split(folder, "valid"))[0] if config.two_tower.trend else None
+    tau = serving_trend_tau(folder, config.two_tower)
     directory, trained = cached_model(load_split(folder, everything=True), build_encoder(settings), config,
                                       settings.var_dir / "models", fingerprint(folder), tau)
     done = f"trained in {time.perf_counter() - started:.1f} s" if trained else "cached"
