@@ -7,11 +7,11 @@ engine; MiniLM text), loads the dataset's catalogue, then replays its events at 
 (from the start again, with new event ids, if the dataset runs out: the same users and items, so the state stops
 growing once they are all known). Every ``--every`` seconds it records each process's RSS, the stream's lag
 (events produced minus events the worker has read; pairs published minus pairs merged or recognised as
-redelivered), the refresher's pending frontier, how many users and items the replay has named so far and the
-embedded vector store's size on disk. Results: ``bench/results/soak-<dataset>.json``, with per process its RSS at
-the end of the warm-up (the first sample once the replay has named every user and item it will name: the state
-stops growing there), at half time and at the end, and its RSS slope (MiB per minute, least squares) after the
-warm-up and over the second half: "flat" is a slope near 0.
+redelivered), the stream worker's RocksDB memtables and block caches, the refresher's pending frontier, how many
+users and items the replay has named so far and the embedded vector store's size on disk. Results:
+``bench/results/soak-<dataset>.json``, with per process its RSS at the end of the warm-up (the first sample once the
+replay has named every user and item it will name: the state stops growing there), at half time and at the end, and
+its RSS slope (MiB per minute, least squares) after the warm-up and over the second half: "flat" is a slope near 0.
 """
 
 from __future__ import annotations
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--store-flush-interval-s", type=float, default=None,
                         help="the embedded store's qdrant.flush_interval_s (default: the setting's default)")
+    parser.add_argument("--rocksdb-write-buffer-mib", type=int, default=None,
+                        help="the stream worker's streams.rocksdb_write_buffer_mib (default: the setting's default)")
     parser.add_argument("--limit", type=int, default=None,
                         help="replay only the first LIMIT events of the dataset, round after round (a shorter warm-up)")
     args = parser.parse_args()
@@ -148,6 +150,9 @@ def main() -> None:
         if args.store_flush_interval_s is not None:
             qdrant = settings.qdrant.model_copy(update={"flush_interval_s": args.store_flush_interval_s})
             settings = settings.model_copy(update={"qdrant": qdrant})
+        if args.rocksdb_write_buffer_mib is not None:
+            streams = settings.streams.model_copy(update={"rocksdb_write_buffer_mib": args.rocksdb_write_buffer_mib})
+            settings = settings.model_copy(update={"streams": streams})
         stack = Stack(settings)
         stack.start()
         try:
@@ -175,7 +180,8 @@ def main() -> None:
                     port = settings.streams.metrics_port
                     worker = worker_counters(port, (
                         "gfm_stream_events_total", "gfm_graph_pairs_published_total", "gfm_graph_pairs_total",
-                        "gfm_graph_pairs_redelivered_total"))
+                        "gfm_graph_pairs_redelivered_total", "gfm_rocksdb_memtable_bytes",
+                        "gfm_rocksdb_block_cache_bytes"))
                     _, health = http_json(f"{stack.api_url}/healthz")
                     refresher = health.get("refresher", {})
                     sample = {
@@ -193,6 +199,11 @@ def main() -> None:
                         "rss_mib": {name: round(rss_mib(p.pid)) for name, p in stack.processes.items()},
                         "rss_file_mib": {name: round(rss_mib(p.pid, "RssFile"))
                                          for name, p in stack.processes.items()},
+                        # the stream worker's RocksDB memtables and block caches, all tables and partitions
+                        "rocksdb_memtables_mib": None if worker is None
+                        else round(worker["gfm_rocksdb_memtable_bytes"] / (1 << 20), 1),
+                        "rocksdb_block_cache_mib": None if worker is None
+                        else round(worker["gfm_rocksdb_block_cache_bytes"] / (1 << 20), 1),
                     }
                     samples.append(sample)
                     print(json.dumps(sample), flush=True)
@@ -216,10 +227,13 @@ def main() -> None:
         "encoder": args.encoder,
         "limit": args.limit,
         "store_flush_interval_s": settings.qdrant.flush_interval_s,
+        "rocksdb_write_buffer_mib": settings.streams.rocksdb_write_buffer_mib,
         "restarts": restarts,
         "max_events_lag": max((s["events_lag"] for s in samples if s["events_lag"] is not None), default=None),
         "max_pairs_lag": max((s["pairs_lag"] for s in samples if s["pairs_lag"] is not None), default=None),
         "metrics_unanswered": sum(s["events_lag"] is None for s in samples),
+        "max_rocksdb_memtables_mib": max((s["rocksdb_memtables_mib"] for s in samples
+                                          if s["rocksdb_memtables_mib"] is not None), default=None),
         "max_pending_users": max((s["pending_users"] or 0) for s in samples),
         "max_pending_items": max((s["pending_items"] or 0) for s in samples),
         "rss": summary,

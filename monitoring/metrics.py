@@ -4,11 +4,13 @@ fresh one."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -17,6 +19,35 @@ def register_process(registry: CollectorRegistry) -> None:
     """The process's own figures in ``registry``: ``process_cpu_seconds_total``, ``process_resident_memory_bytes``
     and the rest of prometheus-client's process collector (one per process: each gfm process has one registry)."""
     ProcessCollector(registry=registry)
+
+
+class StoreMemoryCollector(Collector):
+    """The stream worker's table store memory at scrape time: ``gfm_rocksdb_memtable_bytes`` and
+    ``gfm_rocksdb_block_cache_bytes``, labelled by ``table`` (two tables)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        self.read = read
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """No metrics at registration time: the tables' databases are not open yet."""
+        return iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Read the tables' memory and yield the two families."""
+        memtables = GaugeMetricFamily("gfm_rocksdb_memtable_bytes", "Bytes in the table's RocksDB memtables, all "
+                                      "partitions", labels=["table"])
+        cache = GaugeMetricFamily("gfm_rocksdb_block_cache_bytes", "Bytes in the table's RocksDB block caches, all "
+                                  "partitions", labels=["table"])
+        for table, memory in sorted(self.read().items()):
+            memtables.add_metric([table], float(memory["memtables"]))
+            cache.add_metric([table], float(memory["block_cache"]))
+        yield from (memtables, cache)
+
+
+def register_store_memory(registry: CollectorRegistry, read: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+    """Register a :class:`StoreMemoryCollector` reading ``read()`` (``{table: {"memtables": bytes, "block_cache":
+    bytes}}``) in ``registry``."""
+    registry.register(StoreMemoryCollector(read))
 
 
 @dataclass

@@ -90,6 +90,8 @@ class StreamConfig:
     min_stream_ms: int = 30_000
     producer_max_batch_size: int = 1
     cache_entries: int = 20_000
+    rocksdb_write_buffer_mib: int = 4
+    rocksdb_block_cache_mib: int = 16
     datadir: str = "var/faust"
     store: str = "gfm-rocksdb://"
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -539,8 +541,8 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         config: broker, topics, bounds.
         metrics: where the agents count what they do.
     """
-    import streams.store  # noqa: F401  (registers the gfm-rocksdb:// store)
     import streams.transport  # noqa: F401  (registers the gfm-kafka:// transport)
+    from streams.store import rocksdb_options  # importing it registers the gfm-rocksdb:// store
 
     app = faust.App(
         config.app_id,
@@ -565,8 +567,11 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
     dead_letters = app.topic(config.topic("dead-letter"), **{**raw, "partitions": 1})
     table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "partitions": config.partitions,
                              "use_partitioner": True}
-    users = app.Table("users", **table)
-    adjacency = app.Table("adjacency", **table)
+    # options: a dict per table (Faust's store pops keys from it)
+    users = app.Table("users", **table, options=rocksdb_options(config.rocksdb_write_buffer_mib,
+                                                                config.rocksdb_block_cache_mib))
+    adjacency = app.Table("adjacency", **table, options=rocksdb_options(config.rocksdb_write_buffer_mib,
+                                                                        config.rocksdb_block_cache_mib))
 
     async def send_dead(source: str, dead: list[Dead]) -> None:
         for raw_value, error, partition, offset in dead:

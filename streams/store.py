@@ -5,16 +5,61 @@ agents write tables once per micro-batch (``take_events``), where that event is 
 tables use ``use_partitioner=True``: their changelog partition is the key's murmur2 partition. This store keeps
 the local database in step with the changelog (and so with rebalances): a key is written to, and read from, the
 database of its own partition. Registered as ``gfm-rocksdb://``.
+
+Memory: Faust opens one RocksDB database per table and partition, by default each with up to three 64 MiB
+memtables and its own 2 GiB block cache. A memtable fills with every write until it is flushed, and the agents
+rewrite a touched key's whole value every micro-batch, so the worker's resident memory grew with the highest sum
+of memtable sizes seen so far (the allocator keeps what a flushed memtable freed), by 17 MiB/min for minutes in
+the soak (README, *Soak*). :func:`rocksdb_options` bounds both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from faust.stores import STORES
 from faust.stores.rocksdb import Store as RocksDBStore
 
 from streams.agents import partition_for
+
+MAX_WRITE_BUFFERS = 2
+"""Memtables per database: the one being written and the one being flushed."""
+
+
+def rocksdb_options(write_buffer_mib: int, block_cache_mib: int) -> dict[str, int]:
+    """A table's RocksDB options (Faust's ``Table(options=...)``): memtables of ``write_buffer_mib`` MiB, at most
+    :data:`MAX_WRITE_BUFFERS` of them, and a ``block_cache_mib`` MiB block cache, per database (one per table and
+    partition).
+
+    Raises:
+        ValueError: for a size below 1 MiB.
+    """
+    if write_buffer_mib < 1 or block_cache_mib < 1:
+        raise ValueError(f"RocksDB sizes must be at least 1 MiB: write_buffer_mib={write_buffer_mib}, "
+                         f"block_cache_mib={block_cache_mib}")
+    return {"write_buffer_size": write_buffer_mib << 20, "max_write_buffer_number": MAX_WRITE_BUFFERS,
+            "block_cache_size": block_cache_mib << 20}
+
+
+ROCKSDB_MEMORY = {"memtables": "rocksdb.cur-size-all-mem-tables", "block_cache": "rocksdb.block-cache-usage"}
+"""The RocksDB properties :func:`rocksdb_memory` reads, by the name it gives them."""
+
+
+def rocksdb_memory(tables: Iterable[Any]) -> dict[str, dict[str, int]]:
+    """Per table (Faust tables on :class:`PartitionedRocksDBStore`; others are skipped), the bytes of its open
+    databases' memtables and block caches, summed over partitions: ``{table: {"memtables": n, "block_cache":
+    n}}``."""
+    memory: dict[str, dict[str, int]] = {}
+    for table in tables:
+        store = table.data
+        if not isinstance(store, PartitionedRocksDBStore):
+            continue
+        totals = memory[table.name] = dict.fromkeys(ROCKSDB_MEMORY, 0)
+        for db in list(store._dbs.values()):  # a copy: a rebalance may open or close databases meanwhile
+            for name, prop in ROCKSDB_MEMORY.items():
+                totals[name] += db.property_int_value(prop) or 0
+    return memory
 
 
 def key_partition(key: bytes, partitions: int) -> int:

@@ -12,9 +12,16 @@ from prometheus_client import CollectorRegistry, start_http_server
 from models.embedding import TextPropagationModel, UserComposer, VectorModel
 from models.text import TextEncoder, make_encoder
 from monitoring.lag import register_lag
-from monitoring.metrics import RefresherMetrics, StoreMetrics, StreamMetrics, register_process
+from monitoring.metrics import (
+    RefresherMetrics,
+    StoreMetrics,
+    StreamMetrics,
+    register_process,
+    register_store_memory,
+)
 from streams.agents import StreamConfig, create_app
 from streams.records import DeadLetter
+from streams.store import rocksdb_memory
 from vectorstore.base import VectorStore
 from workers.kafka_io import EventSink, ensure_topics, make_producer
 from workers.refresher import Ownership, Refresher, RefresherLoop
@@ -88,6 +95,8 @@ def stream_config(settings: Settings) -> StreamConfig:
         pairs_take_within_s=settings.streams.pairs_take_within_s,
         min_stream_ms=settings.streams.min_stream_ms,
         producer_max_batch_size=settings.streams.producer_max_batch_size,
+        rocksdb_write_buffer_mib=settings.streams.rocksdb_write_buffer_mib,
+        rocksdb_block_cache_mib=settings.streams.rocksdb_block_cache_mib,
         datadir=str(settings.stream_datadir()),
         graph=settings.streams.graph_config(),
     )
@@ -119,6 +128,7 @@ def run_streams(settings: Settings) -> None:
     register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id)
     start_http_server(settings.streams.metrics_port, addr=settings.metrics_host, registry=registry)
     app = create_app(stream_config(settings), StreamMetrics.create(registry))
+    register_store_memory(registry, lambda: rocksdb_memory(app.tables.values()))
     tune_gc()
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.execute_from_commandline()

@@ -69,6 +69,10 @@ class StreamSettings(BaseModel):
     datadir: Path | None = None
     """This worker's RocksDB table directory (``var_dir/faust`` when unset). Every stream worker needs its own:
     the tables are local caches of their changelogs, per worker."""
+    rocksdb_write_buffer_mib: int = Field(
+        4, ge=1, description="RocksDB memtable size per table and partition (two at most): the worker's resident "
+                             "memory holds up to 2 x this x 2 tables x partitions of memtables")
+    rocksdb_block_cache_mib: int = Field(16, ge=1, description="RocksDB block cache per table and partition")
     window: int = 20
     history_per_type: int = 50
     max_consumed: int = 2000
