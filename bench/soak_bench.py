@@ -48,6 +48,12 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, all its threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_counters(port: int, names: Sequence[str], timeout_s: float = 5.0) -> dict[str, float] | None:
     """The stream worker's counters ``names`` (summed over their labels) from one scrape of its metrics; None
     when the scrape fails or times out."""
@@ -103,8 +109,9 @@ def slope_per_minute(points: Sequence[tuple[float, float]]) -> float | None:
 
 def summarise(samples: Sequence[dict[str, Any]], half_s: float) -> dict[str, Any]:
     """Per process: RSS at the warm-up's end (the first sample at which the replay's users and items stopped
-    growing for good: the last sample's counts), at ``half_s`` and at the end, and the RSS slope in MiB per minute
-    after the warm-up and over the second half.
+    growing for good: the last sample's counts), at ``half_s`` and at the end, the RSS slope in MiB per minute
+    after the warm-up and over the second half, and (for samples with ``cpu_s``) its CPU seconds per 1,000 events
+    produced after the warm-up.
 
     Raises:
         ValueError: when there are no samples.
@@ -126,6 +133,9 @@ def summarise(samples: Sequence[dict[str, Any]], half_s: float) -> dict[str, Any
             "slope_mib_per_min_after_warmup": None if slopes[0] is None else round(slopes[0], 1),
             "slope_mib_per_min_second_half": None if slopes[1] is None else round(slopes[1], 1),
         }
+        if "cpu_s" in last and last["produced"] > warm["produced"]:
+            out[name]["cpu_s_per_1k_events_after_warmup"] = round(
+                1000 * (last["cpu_s"][name] - warm["cpu_s"][name]) / (last["produced"] - warm["produced"]), 3)
     return out
 
 
@@ -199,6 +209,7 @@ def main() -> None:
                         "rss_mib": {name: round(rss_mib(p.pid)) for name, p in stack.processes.items()},
                         "rss_file_mib": {name: round(rss_mib(p.pid, "RssFile"))
                                          for name, p in stack.processes.items()},
+                        "cpu_s": {name: round(cpu_seconds(p.pid), 1) for name, p in stack.processes.items()},
                         # the stream worker's RocksDB memtables and block caches, all tables and partitions
                         "rocksdb_memtables_mib": None if worker is None
                         else round(worker["gfm_rocksdb_memtable_bytes"] / (1 << 20), 1),

@@ -15,6 +15,7 @@ the soak (README, *Soak*). :func:`rocksdb_options` bounds both.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +23,8 @@ from faust.stores import STORES
 from faust.stores.rocksdb import Store as RocksDBStore
 
 from streams.agents import partition_for
+
+log = logging.getLogger(__name__)
 
 MAX_WRITE_BUFFERS = 2
 """Memtables per database: the one being written and the one being flushed."""
@@ -49,16 +52,21 @@ ROCKSDB_MEMORY = {"memtables": "rocksdb.cur-size-all-mem-tables", "block_cache":
 def rocksdb_memory(tables: Iterable[Any]) -> dict[str, dict[str, int]]:
     """Per table (Faust tables on :class:`PartitionedRocksDBStore`; others are skipped), the bytes of its open
     databases' memtables and block caches, summed over partitions: ``{table: {"memtables": n, "block_cache":
-    n}}``."""
+    n}}``. Safe from another thread (the metrics server's): it never creates a store (Faust's ``Table.data``
+    would, outside the event loop, and the worker then hung on SIGTERM), and a database closed meanwhile (a
+    rebalance, the worker stopping) counts 0."""
     memory: dict[str, dict[str, int]] = {}
     for table in tables:
-        store = table.data
+        store = table._data  # the store if Faust created it, else None
         if not isinstance(store, PartitionedRocksDBStore):
             continue
         totals = memory[table.name] = dict.fromkeys(ROCKSDB_MEMORY, 0)
         for db in list(store._dbs.values()):  # a copy: a rebalance may open or close databases meanwhile
             for name, prop in ROCKSDB_MEMORY.items():
-                totals[name] += db.property_int_value(prop) or 0
+                try:
+                    totals[name] += db.property_int_value(prop) or 0
+                except Exception:  # closed under us: nothing held
+                    log.debug("RocksDB property %s not read", prop, exc_info=True)
     return memory
 
 

@@ -68,3 +68,22 @@ def test_worker_counters_sum_labels_from_one_scrape_and_say_none_when_unanswered
 
     monkeypatch.setattr(soak.urllib.request, "urlopen", timeout)
     assert soak.worker_counters(1, ["gfm_stream_events_total"]) is None
+
+
+def test_summary_gives_cpu_seconds_per_thousand_events_after_the_warmup():
+    samples = [{**_sample(t, users, 9, 300, 10), "produced": produced, "cpu_s": {"api": cpu, "broker": 1.0}}
+               for t, users, produced, cpu in [(0, 10, 0, 0.0), (60, 30, 1000, 5.0), (120, 30, 5000, 9.0)]]
+    summary = soak.summarise(samples, half_s=60)
+    assert summary["api"]["cpu_s_per_1k_events_after_warmup"] == 1.0  # (9 - 5) s over 4,000 events
+    assert summary["broker"]["cpu_s_per_1k_events_after_warmup"] == 0.0
+
+
+def test_cpu_seconds_reads_this_process():
+    import os
+    import time
+
+    before = soak.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert soak.cpu_seconds(os.getpid()) - before >= 0.2
