@@ -5,8 +5,9 @@ own write-stall counters and the slowest 0.1 s group of writes are recorded.
 
     python bench/rocksdb_stalls.py --write-buffer-mib 4 --out bench/results/rocksdb-stalls-4.json
 
-The soak's whole stream worker wrote about 2.7 MiB/s into its memtables, all four databases together (README,
-*Soak*), so one database at 3 MB/s is above what any one of them takes there.
+In the soak the stream worker's memtables, all four databases together, were seen to grow by up to 37 MiB per
+15 s (``bench/results/memprobe-150k-before.jsonl``; about 2.5 MiB/s, a flush between two samples hiding some), so
+3 MB/s into one database is above that.
 """
 
 from __future__ import annotations
