@@ -70,7 +70,7 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn+in_batch": ({"in_batch": True}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-no_whiten": ({"whiten": False}, {}),
-    "2t_hgnn-no_edge_weights": ({"edge_power": 0.0}, {}),
+    "2t_hgnn+edge_weights": ({"edge_power": 1.0}, {}),
     "2t_hgnn-owner_only": ({"direction": "owner"}, {}),
     "2t_hgnn-temperature_0.1": ({"temperature": 0.1}, {}),
     "2t_hgnn-previous_hgnn": (PREVIOUS_HGNN, {}),
