@@ -19,7 +19,8 @@ With ``trend`` the logit gains :math:`\\lambda_u\\,\\mathrm{trend}_j(t)` (:mod:`
 also says how much this user follows what is trending (:math:`\\lambda_u \\ge 0`), and each candidate's trend is
 its decayed consumption count over all users' training events strictly before the example's target time
 (:class:`TrendLevels`). Served, the item vector carries its level as one more coordinate and the user vector
-:math:`\\lambda_u`, so the ranking stays one dot product (:func:`item_vectors`, :meth:`TwoTower.users`).
+:math:`w\\lambda_u`, so the ranking stays one dot product (:func:`item_vectors`, :meth:`TwoTower.users`); the multiplier
+:math:`w` (:attr:`TwoTower.trend_weight`) is chosen on validation data after training.
 """
 
 from __future__ import annotations
