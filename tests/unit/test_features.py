@@ -217,6 +217,9 @@ def test_gfm_up_trains_the_demo_model_once_and_reuses_it(tmp_path):
         build_model(settings, HashingEncoder())
     first, said = ensure_model(settings)
     assert first.model.dir is not None and "trained in" in said
+    from models.train import TREND_WEIGHTS  # chosen on the demo data's validation split, saved with the model
+
+    assert json.loads((first.model.dir / "config.json").read_text())["trend_weight"] in TREND_WEIGHTS
     again, said = ensure_model(settings)
     assert again.model.dir == first.model.dir and "cached" in said
     served = build_model(again, HashingEncoder())
