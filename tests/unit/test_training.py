@@ -20,6 +20,7 @@ from models.train import (
     choose_trend_tau,
     choose_trend_weight,
     histories_list,
+    render_markdown,
     run_evaluation,
     select_trend_weight,
     weight_row,
@@ -216,6 +217,18 @@ def test_the_trend_weight_is_the_best_on_validation_and_ties_go_to_the_smaller()
     assert select_trend_weight({64.0: 0.2, 1.0: 0.2}) == 1.0
     with pytest.raises(ValueError, match="no trend weights"):
         select_trend_weight({})
+
+
+def test_the_report_header_shows_the_trend_weight_and_its_validation_grid():
+    report = {"dataset": "d", "protocol": "time-split", "command": "gfm evaluate", "device": "cpu", "threads": 1,
+              "rows": [], "costs": [],
+              "trend": {"tau": 3 * 86400.0, "valid_hr10": [[None, 0.2], [3 * 86400.0, 0.3]], "weight": 16.0,
+                        "weight_valid_hr10": [[1.0, 0.25], [16.0, 0.3204]], "weight_seconds": 407.0}}
+    text = render_markdown(report)
+    assert "**3 d** (no decay 0.2000, 3 d 0.3000)" in text
+    assert "in 407.0 s: (x1 0.2500, x16 0.3204)): **x16**" in text
+    fixed = render_markdown({**report, "trend": {**report["trend"], "weight": 2.0, "weight_valid_hr10": None}})
+    assert "fixed by `--trend-weight`, not chosen): **x2**" in fixed
 
 
 def test_the_trend_weight_is_chosen_on_a_model_trained_on_validation_and_applied_to_the_trend_rows(tmp_path):
