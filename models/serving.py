@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,12 @@ from models.twotower import (
 
 
 def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, out_root: Path,
-                      fingerprint: str, trend_tau: float | None = None) -> Path:
+                      fingerprint: str, trend_tau: float | None = None, trend_weight: float = 1.0) -> Path:
     """Train the unified 2T-HGNN on all of ``split.train`` and write a versioned model directory; with the trend,
-    ``trend_tau`` is its time constant (:func:`~models.train.choose_trend_tau`) and the levels' epoch is
-    :attr:`Split.now` (both in ``config.json``: ``trend_tau``, ``trend_epoch``)."""
+    ``trend_tau`` is its time constant (:func:`~models.train.choose_trend_tau`), the levels' epoch is
+    :attr:`Split.now` and ``trend_weight`` multiplies the users' learned trend weight
+    (:func:`~models.train.choose_trend_weight`; in ``config.json``: ``trend_tau``, ``trend_epoch``,
+    ``trend_weight``)."""
     device = pick_device()
     started = time.perf_counter()
     text = text_embeddings(split, encoder)
@@ -55,6 +57,7 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
     towers, tt_losses = train_two_tower(histories_list(split, config.graph), embedding, text, split.item_type,
                                         len(split.type_names), config.two_tower, device, degree=degree,
                                         trend_tau=trend_tau)
+    towers.trend_weight = trend_weight
     shape = hashlib.sha1(json.dumps(asdict(config), default=str, sort_keys=True).encode()).hexdigest()[:6]
     version = f"2t-hgnn-{split.name}-{fingerprint}-{shape}-{time.strftime('%Y%m%d%H%M%S')}"
     directory = out_root / version
@@ -72,6 +75,7 @@ def train_for_serving(split: Split, encoder: TextEncoder, config: TrainConfig, o
         "config": asdict(config),
         "trend_tau": trend_tau if config.two_tower.trend else None,
         "trend_epoch": split.now if config.two_tower.trend else None,
+        "trend_weight": trend_weight if config.two_tower.trend else None,
         "metrics": {"hgnn_losses": hgnn_losses, "two_tower_losses": tt_losses,
                     "train_seconds": round(time.perf_counter() - started, 1), "peak_rss_mib": round(peak_rss_mib()),
                     "device": str(device), "items": len(split.items), "events": len(split.train)},
@@ -99,13 +103,25 @@ def find_model(root: Path, fingerprint: str, encoder_name: str, config: TrainCon
 
 
 def cached_model(split: Split, encoder: TextEncoder, config: TrainConfig, root: Path, fingerprint: str,
-                 trend_tau: float | None = None) -> tuple[Path, bool]:
+                 trend_tau: float | None = None, trend_weight: Callable[[], float] = lambda: 1.0
+                 ) -> tuple[Path, bool]:
     """A model for ``split``: the one under ``root`` with this data, encoder, configuration and trend time
-    constant, else a new one trained by :func:`train_for_serving`. Returns ``(directory, trained)``."""
+    constant, else a new one trained by :func:`train_for_serving`, with the trend weight multiplier
+    ``trend_weight()`` (called only then: :func:`~models.train.serving_trend_weight` trains a model to choose it,
+    and the data, configuration and time constant determine its choice). Returns ``(directory, trained)``."""
     found = find_model(root, fingerprint, encoder.name, config, trend_tau)
     if found is not None:
         return found, False
-    return train_for_serving(split, encoder, config, root, fingerprint, trend_tau), True
+    return train_for_serving(split, encoder, config, root, fingerprint, trend_tau, trend_weight()), True
+
+
+def load_towers(directory: Path, meta: dict[str, Any], config: TwoTowerConfig) -> TwoTower:
+    """The two-tower model of a model directory (on the CPU, in eval mode), with the trend weight multiplier it
+    was saved with (``config.json``: ``trend_weight``; 1 for a model written before it existed)."""
+    towers = TwoTower.for_config(meta["config"]["hgnn"]["out"], meta["text_dim"], len(meta["type_names"]), config)
+    towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
+    towers.trend_weight = float(meta.get("trend_weight") or 1.0)
+    return towers.eval()
 
 
 def served_trend(meta: dict[str, Any]) -> ServedTrend | None:
@@ -159,10 +175,9 @@ class UserTower:
         """The user tower of a model directory written by :func:`train_for_serving` (the HGNN is not loaded)."""
         meta: dict[str, Any] = json.loads((directory / "config.json").read_text())
         config = TwoTowerConfig(**meta["config"]["two_tower"])
-        towers = TwoTower.for_config(meta["config"]["hgnn"]["out"], meta["text_dim"], len(meta["type_names"]), config)
-        towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
         device = device or torch.device("cpu")
-        return cls(towers.to(device).eval(), meta["type_names"], config, meta["version"], device, served_trend(meta))
+        return cls(load_towers(directory, meta, config).to(device), meta["type_names"], config, meta["version"],
+                   device, served_trend(meta))
 
     def history(self, state: UserState) -> list[str]:
         """Per known type, the ``config.history`` newest items of ``state`` (what the tower averages)."""
@@ -209,9 +224,7 @@ class TrainedModel:
                          hgnn_config.text_skip)
         self.hgnn.load_state_dict(torch.load(directory / "hgnn.pt", map_location="cpu"))
         self.hgnn.to(self.device).eval()
-        self.towers = TwoTower.for_config(hgnn_config.out, meta["text_dim"], len(self.type_names), self.tt_config)
-        self.towers.load_state_dict(torch.load(directory / "twotower.pt", map_location="cpu"))
-        self.towers.to(self.device).eval()
+        self.towers = load_towers(directory, meta, self.tt_config).to(self.device)
         self.trend = served_trend(meta)
         self.distance = distance_of(self.trend)
         self.dim = self.towers.out_dim

@@ -7,13 +7,14 @@ that the refresher loads (:class:`TrainedModel`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import pickle
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "2t_hgnn+in_batch": ({"in_batch": True}, {}),
     "2t_hgnn-no_text_skip": ({"text_skip": False}, {}),
     "2t_hgnn-no_whiten": ({"whiten": False}, {}),
-    "2t_hgnn-no_edge_weights": ({"edge_power": 0.0}, {}),
+    "2t_hgnn+edge_weights": ({"edge_power": 1.0}, {}),
     "2t_hgnn-owner_only": ({"direction": "owner"}, {}),
     "2t_hgnn-temperature_0.1": ({"temperature": 0.1}, {}),
     "2t_hgnn-previous_hgnn": (PREVIOUS_HGNN, {}),
@@ -81,6 +82,24 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 """Ablation rows: the unified 2T-HGNN with one lever off (``-no_``), one more on (``+``), or one value changed
 back to its previous default (``-30_examples``): HGNN config changes, two-tower config changes."""
+TREND_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+"""The multipliers :math:`w` of the user's learned trend weight :math:`\\lambda_u` that
+:func:`choose_trend_weight` chooses from, doubling from 1 (the learned weight as trained): at 64 the trend
+outweighs the towers' scores for nearly every user ("decayed popularity, the towers breaking ties"), so the grid
+spans both ends. reports/validation.md (*the trend weight multiplier*): on movielens validation the 2T-HGNN's mean
+HR@10 over types rose from 0.249 (x1) to 0.320 (x16 to x64, a plateau)."""
+
+
+def weight_row(weight: float) -> str:
+    """The ablation row of the unified 2T-HGNN (seed 0) with the trend weight multiplied by ``weight``."""
+    return f"2t_hgnn-trend_weight_{weight:g}"
+
+
+WEIGHT_ROWS = tuple(weight_row(w) for w in TREND_WEIGHTS)
+"""Rows :func:`run_evaluation` knows beside :data:`MODELS` and :data:`ABLATIONS`: the 2T-HGNN of seed 0 with the
+trend weight multiplied by each :data:`TREND_WEIGHTS` (one trained model, rescaled at evaluation)."""
+ABLATION_ROWS = (*ABLATIONS, weight_row(1.0))
+"""What ``gfm evaluate --ablation`` adds: every lever off or on, and the learned trend weight alone (w = 1)."""
 GRAPH_FORMAT = "graph-tensors-v2"
 """Part of the cache keys of graphs and HGNN embeddings: bumped when :func:`~models.features.graph_tensors`
 changes what it builds (v2: messages neighbour -> owner, real item ids in the fold)."""
@@ -182,6 +201,45 @@ def serving_trend_tau(folder: Path, config: TwoTowerConfig) -> float | None:
     return choose_trend_tau(load_split(folder, "valid"))[0] if config.trend else None
 
 
+def select_trend_weight(scores: Mapping[float, float]) -> float:
+    """The multiplier with the best score (mean HR@10 over types on validation); ties go to the smaller one."""
+    if not scores:
+        raise ValueError("no trend weights to choose from")
+    return max(scores, key=lambda w: (scores[w], -w))
+
+
+def choose_trend_weight(valid: Split, encoder: TextEncoder, config: TrainConfig, trend_tau: float | None,
+                        weights: tuple[float, ...] = TREND_WEIGHTS) -> tuple[float, dict[str, Any]]:
+    """The multiplier :math:`w` of the users' trend weight, chosen on validation data (``valid =
+    load_split(folder, "valid")``, never the test targets): the unified 2T-HGNN of seed 0 is trained on ``valid``
+    once, by :func:`run_evaluation` (the rows :func:`weight_row`), and scored with its trend weight multiplied by
+    each of ``weights``; the best mean HR@10 over types wins (:func:`select_trend_weight`). Without the trend: 1.
+
+    Returns:
+        ``w`` and the record for the report (``weight``, ``weight_valid_hr10``: each multiplier's mean HR@10 over
+        types, ``weight_seconds``: the time the choice took).
+    """
+    if not config.two_tower.trend:
+        return 1.0, {}
+    started = time.perf_counter()
+    rows = run_evaluation(valid, encoder, config, tuple(weight_row(w) for w in weights), trend_tau=trend_tau)
+    scores = {w: float(np.mean([r.hr10 for r in row.results])) for w, row in zip(weights, rows, strict=True)}
+    weight = select_trend_weight(scores)
+    seconds = time.perf_counter() - started
+    log.info("trend weight x%g chosen on %s validation targets in %.0f s (2T-HGNN mean HR@10 per multiplier: %s)",
+             weight, valid.name, seconds, {f"x{w:g}": round(v, 4) for w, v in scores.items()})
+    return weight, {"weight": weight, "weight_valid_hr10": [[w, round(v, 4)] for w, v in scores.items()],
+                    "weight_seconds": round(seconds, 1)}
+
+
+def serving_trend_weight(folder: Path, encoder: TextEncoder, config: TrainConfig, trend_tau: float | None) -> float:
+    """The trend weight multiplier a model trained with ``config`` on ``folder`` serves with: chosen on the folder's
+    validation data (:func:`choose_trend_weight`); 1 when its towers do not read the trend."""
+    if not config.two_tower.trend:
+        return 1.0
+    return choose_trend_weight(load_split(folder, "valid"), encoder, config, trend_tau)[0]
+
+
 @dataclass
 class Row:
     """One model's results with its cost; with several seeds, ``results`` are the means and ``per_seed`` the
@@ -208,13 +266,17 @@ def mean_results(runs: list[list[Result]]) -> list[Result]:
 
 def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, models: tuple[str, ...] = MODELS,
                    seeds: int = 1, seed_hgnn: bool = True, on_row: Callable[[list[Row]], object] | None = None,
-                   trend_tau: float | None = None) -> list[Row]:
+                   trend_tau: float | None = None, trend_weight: float = 1.0) -> list[Row]:
     """Train and score every requested row of the ablation table on ``split``, in the order of ``models``;
     the rows of :data:`SEEDED` are trained with seeds ``0..seeds-1`` (their results are the means), the HGNN
     too unless ``seed_hgnn`` is false (then it is trained once, with the configured seed). ``on_row`` is
     called with the rows so far after each row and seed (to write a partial report). ``trend_tau`` is the
     trend's time constant (None: no decay), chosen on validation data by the caller
-    (:func:`~models.evaluate.select_trend_tau`): the ``popularity_recent`` row and the towers' trend use it."""
+    (:func:`~models.evaluate.select_trend_tau`): the ``popularity_recent`` row and the towers' trend use it.
+    ``trend_weight`` multiplies every trend row's learned trend weight (:attr:`TwoTower.trend_weight`, chosen on
+    validation by :func:`choose_trend_weight`), but for the rows of :data:`WEIGHT_ROWS`, which set their own.
+    A two-tower model is trained once per embedding and configuration within a call: the 2T-HGNN of seed 0 and
+    the rows of :data:`WEIGHT_ROWS` share one (their training cost is that of the first that ran)."""
     device = pick_device()
     rows: list[Row] = []
     factories: dict[str, tuple[Callable[[int], Scorer], dict[str, Any] | None]] = {}
@@ -281,12 +343,25 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
     histories = histories_list(split, config.graph)
     num_types = len(split.type_names)
 
-    def unified(embedding: np.ndarray, tt: TwoTowerConfig) -> Scorer:
+    def weighted(model: TwoTower, weight: float) -> TwoTower:
+        out = copy.deepcopy(model)  # the trained model stays as trained, for the rows that share it
+        out.trend_weight = weight
+        return out
+
+    def unified(embedding: np.ndarray, tt: TwoTowerConfig, key: object = None, weight: float = trend_weight
+                ) -> Scorer:
+        """The two-tower on ``embedding``, trained once per ``key`` (the embedding's) and ``tt`` when given."""
         degree = graph().weighted_degree(len(split.items)) if tt.item_degree else None
-        model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
-                                        degree=degree, trend_tau=trend_tau)
-        cache.setdefault("tt_losses", losses)
-        return two_tower_scorer(split, histories, model, embedding, text, tt, device, degree, trend_tau)
+        if key is None or ("towers", key, tt) not in cache:
+            model, losses = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
+                                            degree=degree, trend_tau=trend_tau)
+            cache.setdefault("tt_losses", losses)
+            if key is not None:
+                cache["towers", key, tt] = model
+        else:
+            model = cache["towers", key, tt]
+        return two_tower_scorer(split, histories, weighted(model, weight), embedding, text, tt, device, degree,
+                                trend_tau)
 
     # the text two-tower's embedding is the text: reading it twice in the user tower would add nothing
     add("2t_no_gnn", lambda seed: unified(text, replace(seeded(seed)[1], user_text=False)))
@@ -299,7 +374,8 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         for t in range(len(split.type_names)):
             model, _ = train_two_tower(histories, embedding, text, split.item_type, num_types, tt, device,
                                        target_types=np.array([t]), degree=degree, trend_tau=trend_tau)
-            scorers[t] = two_tower_scorer(split, histories, model, embedding, text, tt, device, degree, trend_tau)
+            scorers[t] = two_tower_scorer(split, histories, weighted(model, trend_weight), embedding, text, tt,
+                                          device, degree, trend_tau)
 
         def score(users: list[str], candidates: np.ndarray) -> np.ndarray:
             return scorers[int(split.item_type[candidates[0]])](users, candidates)
@@ -307,7 +383,10 @@ def run_evaluation(split: Split, encoder: TextEncoder, config: TrainConfig, mode
         return score
 
     add("2t_per_type", per_type)
-    add("2t_hgnn", lambda seed: unified(hgnn_embeddings(seeded(seed)[0]), seeded(seed)[1]))
+    add("2t_hgnn", lambda seed: unified(hgnn_embeddings(seeded(seed)[0]), seeded(seed)[1], seeded(seed)[0]))
+    for w in TREND_WEIGHTS:  # the 2T-HGNN of seed 0, its trend weight multiplied by w
+        add(weight_row(w), lambda _, w=w: unified(hgnn_embeddings(seeded(0)[0]), seeded(0)[1],  # type: ignore[misc]
+                                                  seeded(0)[0], weight=w), {"trend_weight": w})
 
     def no_retrain(seed: int) -> Scorer:
         hgnn, tt = seeded(seed)
@@ -340,7 +419,8 @@ def write_report(split: Split, rows: list[Row], config: TrainConfig, command: st
                  name: str | None = None, trend: dict[str, Any] | None = None) -> Path:
     """Write ``<out_dir>/<name or dataset>.json`` and ``.md``; returns the JSON path. ``trend``: how the trend's
     time constant was chosen (``tau``, and ``valid_hr10``: each constant's decayed-popularity HR@10 on
-    validation)."""
+    validation) and the trend weight multiplier (``weight``, ``weight_valid_hr10``, ``weight_seconds``:
+    :func:`choose_trend_weight`'s record)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = [r.row() for row in rows for r in row.results]
     costs = [{"model": row.model, "train_seconds": round(row.train_seconds, 1),
@@ -378,6 +458,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"Trend time constant (chosen on the validation targets, `load_split(folder, \"valid\")`, "
                   f"by the decayed popularity's mean HR@10 over types): **{_tau_label(chosen['tau'])}** "
                   f"({grid}).", ""]
+        if chosen.get("weight") is not None:
+            if chosen.get("weight_valid_hr10"):
+                grid = ", ".join(f"x{w:g} {hr:.4f}" for w, hr in chosen["weight_valid_hr10"])
+                how = (f"chosen on the validation targets by the 2T-HGNN's (seed 0, trained on the validation split) "
+                       f"mean HR@10 over types, in {chosen.get('weight_seconds', '?')} s: ({grid})")
+            else:
+                how = "fixed by `--trend-weight`, not chosen"
+            lines += [f"Trend weight multiplier w (every trend row's learned weight of the trend times w; "
+                      f"{how}): **x{chosen['weight']:g}**.", ""]
     lines += ["| model | type | users | HR@10 | MRR | NDCG@10 | cov@100 |", "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['model']} | {r['item_type']} | {r['users']} | {r['hr10']:.4f} | {r['mrr']:.4f} | "
@@ -439,5 +528,6 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-__all__ = ["ABLATIONS", "MODELS", "Row", "TrainConfig", "choose_trend_tau", "fingerprint", "render_markdown",
-           "run_evaluation", "serving_trend_tau", "write_report"]
+__all__ = ["ABLATIONS", "ABLATION_ROWS", "MODELS", "TREND_WEIGHTS", "WEIGHT_ROWS", "Row", "TrainConfig",
+           "choose_trend_tau", "choose_trend_weight", "fingerprint", "render_markdown", "run_evaluation",
+           "select_trend_weight", "serving_trend_tau", "serving_trend_weight", "weight_row", "write_report"]

@@ -19,7 +19,8 @@ With ``trend`` the logit gains :math:`\\lambda_u\\,\\mathrm{trend}_j(t)` (:mod:`
 also says how much this user follows what is trending (:math:`\\lambda_u \\ge 0`), and each candidate's trend is
 its decayed consumption count over all users' training events strictly before the example's target time
 (:class:`TrendLevels`). Served, the item vector carries its level as one more coordinate and the user vector
-:math:`\\lambda_u`, so the ranking stays one dot product (:func:`item_vectors`, :meth:`TwoTower.users`).
+:math:`w\\lambda_u`, so the ranking stays one dot product (:func:`item_vectors`, :meth:`TwoTower.users`); the multiplier
+:math:`w` (:attr:`TwoTower.trend_weight`) is chosen on validation data after training.
 """
 
 from __future__ import annotations
@@ -105,12 +106,18 @@ class TwoTower(nn.Module):
         item_bias: an item bias and each user's weight for it (:meth:`items`).
         trend: the user tower also emits :math:`\\lambda_u \\ge 0`, the weight of the items' trend.
         temperature: the training softmax's temperature (the served vectors of a trend model carry it).
+
+    Attributes:
+        trend_weight: :math:`w`, the multiplier of :math:`\\lambda_u` in the served user vectors (1: the weight
+            training learned). Not trained: chosen on validation data after training
+            (:func:`models.train.choose_trend_weight`) and saved beside the weights (``config.json``).
     """
 
     def __init__(self, embed_dim: int, text_dim: int, num_types: int, hidden: int, dim: int,
                  user_text: bool = False, last_item: bool = False, item_degree: bool = False,
                  item_bias: bool = False, trend: bool = False, temperature: float = 1.0) -> None:
         super().__init__()
+        self.trend_weight = 1.0
         if item_bias and dim < 3:
             raise ValueError(f"dim={dim}: an item bias needs at least 3 dimensions (2 hold the bias)")
         self.num_types = num_types
@@ -164,12 +171,13 @@ class TwoTower(nn.Module):
     def users(self, features: Tensor) -> Tensor:
         """User features (:func:`~models.features.user_tower_features`) -> served user vectors: without the
         trend, ``(B, dim)`` unit vectors, whose cosine with :meth:`items` ranks as the training score; with it,
-        ``(B, dim + 1)`` vectors ``[scale * u / temperature, lambda_u]``, whose dot product with an item vector
-        and its level (:func:`item_vectors`) is the training logit (before the logQ correction)."""
+        ``(B, dim + 1)`` vectors ``[scale * u / temperature, w * lambda_u]`` (``w``: :attr:`trend_weight`), whose
+        dot product with an item vector and its level (:func:`item_vectors`) is the training logit (before the
+        logQ correction) with the trend's weight multiplied by ``w``."""
         vectors, weight = self.user_parts(features)
         if weight is None:
             return nn.functional.normalize(vectors, dim=-1)
-        return torch.cat([vectors * (self.scale / self.temperature), weight[:, None]], -1)
+        return torch.cat([vectors * (self.scale / self.temperature), self.trend_weight * weight[:, None]], -1)
 
     def items(self, embedding: Tensor, text: Tensor, item_type: Tensor, degree: Tensor | None = None) -> Tensor:
         """``(N, E)``, ``(N, X)``, ``(N,)``, weighted degree ``(N,)`` -> ``(N, dim)`` unit vectors.
@@ -470,6 +478,7 @@ class NumpyUserTower:
         self.item_bias = model.item_bias
         self.trend = model.trend
         self.factor = model.scale / model.temperature
+        self.trend_weight = model.trend_weight
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """``(B, F)`` user features -> the served user vectors, as :meth:`TwoTower.users`."""
@@ -483,7 +492,7 @@ class NumpyUserTower:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         if not self.trend:
             return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-        weight = np.logaddexp(0.0, raw)  # softplus
+        weight = self.trend_weight * np.logaddexp(0.0, raw)  # w * softplus
         return np.concatenate([out * self.factor, weight], 1).astype(np.float32)
 
 

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, required=True, help="dataset folder in the shared layout")
     train.add_argument("--out", type=Path, default=None, help="parent of the model directory (var/models)")
     _model_options(train)
+    _trend_weight_option(train)
 
     evaluate = sub.add_parser("evaluate", help="the ablation table on a dataset; writes reports/<dataset>.json|md")
     evaluate.add_argument("--data", type=Path, required=True, help="dataset folder in the shared layout")
@@ -59,8 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fixed-hgnn-seed", action="store_true",
                           help="seeds vary the two-towers only; the HGNN is trained once (for cost)")
     evaluate.add_argument("--ablation", action="store_true",
-                          help="add the 2t_hgnn-no_<lever> rows: the unified model with each lever off")
+                          help="add the 2t_hgnn-no_<lever> rows: the unified model with each lever off, and "
+                               "2t_hgnn-trend_weight_1 (the learned trend weight, not multiplied)")
     _model_options(evaluate)
+    _trend_weight_option(evaluate)
 
     online = sub.add_parser("online-eval", help="the served model evaluated online: live refresh versus frozen at the "
                             "cut versus a periodic full recompute; writes reports/online-<dataset>.json|md")
@@ -88,6 +91,12 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tt-epochs", type=int, default=None, help="two-tower epochs")
 
 
+def _trend_weight_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trend-weight", type=float, default=None,
+                        help="multiply the users' learned trend weight by this instead of choosing the multiplier "
+                             "on validation data (which trains a 2T-HGNN on the validation split; for quick runs)")
+
+
 def _train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
     from dataclasses import replace
 
@@ -110,7 +119,7 @@ def _online_eval(args: argparse.Namespace, settings: Settings, command: str) -> 
 
     from models.evaluate import Split
     from models.serving import cached_model
-    from models.train import fingerprint, serving_trend_tau
+    from models.train import fingerprint, serving_trend_tau, serving_trend_weight
     from workers.online import OnlineOptions, run_online_eval
     from workers.services import build_encoder
 
@@ -125,8 +134,10 @@ def _online_eval(args: argparse.Namespace, settings: Settings, command: str) -> 
 
     def model_dir(split: Split) -> Path:  # trained on the events before the cut, cached under var_dir/models
         tau = serving_trend_tau(args.data, config.two_tower)
-        directory, trained = cached_model(split, build_encoder(settings, progress=True), config,
-                                          settings.var_dir / "models", f"{fingerprint(args.data)}-before-cut", tau)
+        encoder = build_encoder(settings, progress=True)
+        directory, trained = cached_model(split, encoder, config, settings.var_dir / "models",
+                                          f"{fingerprint(args.data)}-before-cut", tau,
+                                          lambda: serving_trend_weight(args.data, encoder, config, tau))
         print(f"model: {directory} ({'trained' if trained else 'cached'})", flush=True)
         return directory
 
@@ -213,34 +224,56 @@ def main(argv: list[str] | None = None) -> int:
         command = "gfm " + " ".join(argv if argv is not None else sys.argv[1:])
         if args.command == "train":
             from models.serving import train_for_serving
-            from models.train import fingerprint, serving_trend_tau
+            from models.train import fingerprint, serving_trend_tau, serving_trend_weight
 
+            if args.trend_weight is not None and args.trend_weight <= 0:
+                print(f"--trend-weight: {args.trend_weight} is not a positive multiplier", file=sys.stderr)
+                return 2
             tau = serving_trend_tau(args.data, config.two_tower)
+            weight = (serving_trend_weight(args.data, encoder, config, tau) if args.trend_weight is None
+                      else args.trend_weight)
             split = load_split(args.data, everything=True)
             directory = train_for_serving(split, encoder, config, args.out or settings.var_dir / "models",
-                                          fingerprint(args.data), tau)
+                                          fingerprint(args.data), tau, weight)
             print(f"model written to {directory}\nserve it with GFM_MODEL__DIR={directory} gfm up")
             return 0
-        from models.train import ABLATIONS, MODELS, choose_trend_tau, run_evaluation, write_report
+        from models.train import (
+            ABLATION_ROWS,
+            MODELS,
+            WEIGHT_ROWS,
+            choose_trend_tau,
+            choose_trend_weight,
+            run_evaluation,
+            write_report,
+        )
 
+        known = MODELS + tuple(ABLATION_ROWS) + tuple(r for r in WEIGHT_ROWS if r not in ABLATION_ROWS)
         models = tuple(args.models.split(",")) if args.models else MODELS
-        unknown = set(models) - set(MODELS) - set(ABLATIONS)
+        unknown = set(models) - set(known)
         if unknown:
-            print(f"--models: unknown {sorted(unknown)}; choose from {', '.join(MODELS + tuple(ABLATIONS))}",
-                  file=sys.stderr)
+            print(f"--models: unknown {sorted(unknown)}; choose from {', '.join(known)}", file=sys.stderr)
             return 2
         if args.seeds < 1:
             print(f"--seeds: {args.seeds} is not a positive count", file=sys.stderr)
             return 2
+        if args.trend_weight is not None and args.trend_weight <= 0:
+            print(f"--trend-weight: {args.trend_weight} is not a positive multiplier", file=sys.stderr)
+            return 2
         if args.ablation:
-            models += tuple(a for a in ABLATIONS if a not in models)
+            models += tuple(a for a in ABLATION_ROWS if a not in models)
         split = load_split(args.data, args.split)
         name = f"{split.name}-valid" if args.split == "valid" else split.name
-        tau, chosen = choose_trend_tau(split if args.split == "valid" else load_split(args.data, "valid"))
+        valid = split if args.split == "valid" else load_split(args.data, "valid")
+        tau, chosen = choose_trend_tau(valid)
+        if args.trend_weight is None:  # the 2T-HGNN of seed 0 trained on the validation split, once per run
+            weight, weight_record = choose_trend_weight(valid, encoder, config, tau)
+        else:
+            weight, weight_record = args.trend_weight, {"weight": args.trend_weight, "weight_valid_hr10": None}
+        chosen = {**chosen, **weight_record}
         rows = run_evaluation(split, encoder, config, models, args.seeds, seed_hgnn=not args.fixed_hgnn_seed,
                               on_row=lambda so_far: write_report(split, so_far, config, command, args.out, name,
                                                                  chosen),
-                              trend_tau=tau)
+                              trend_tau=tau, trend_weight=weight)
         path = write_report(split, rows, config, command, args.out, name, chosen)
         print(path.with_suffix(".md").read_text())
         return 0

@@ -322,7 +322,7 @@ def ensure_model(settings: Settings) -> tuple[Settings, str]:
     from models.evaluate import load_split
     from models.serving import cached_model
     from models.synthetic import write_dataset
-    from models.train import fingerprint, serving_trend_tau
+    from models.train import fingerprint, serving_trend_tau, serving_trend_weight
     from workers.services import build_encoder
 
     torch.set_num_threads(1)  # this small a model trains faster on one thread, and leaves a core to the rest
@@ -330,8 +330,10 @@ def ensure_model(settings: Settings) -> tuple[Settings, str]:
     folder = write_dataset(generate(), settings.var_dir / "demo-data")
     config = demo_train_config(settings)
     tau = serving_trend_tau(folder, config.two_tower)
-    directory, trained = cached_model(load_split(folder, everything=True), build_encoder(settings), config,
-                                      settings.var_dir / "models", fingerprint(folder), tau)
+    encoder = build_encoder(settings)
+    directory, trained = cached_model(load_split(folder, everything=True), encoder, config,
+                                      settings.var_dir / "models", fingerprint(folder), tau,
+                                      lambda: serving_trend_weight(folder, encoder, config, tau))
     done = f"trained in {time.perf_counter() - started:.1f} s" if trained else "cached"
     model = settings.model.model_copy(update={"dir": directory})
     return settings.model_copy(update={"model": model}), f"model: {directory.name} ({done}, {directory})"

@@ -2,6 +2,7 @@
 model trained on generated events serving, through the stream's agents and the refresher, exactly the vectors that
 training computed (degree pruning active, repeat plays and tied timestamps in the events)."""
 
+import copy
 import json
 
 import numpy as np
@@ -69,7 +70,7 @@ def test_user_features_read_the_stream_state_each_item_once():
     np.testing.assert_allclose(wide[0, 4:8], (per_item[1] + per_item[0]) / 2)
 
 
-def _train(tmp_path_factory, trend_tau: float | None = None, with_trend: bool = False):
+def _train(tmp_path_factory, trend_tau: float | None = None, with_trend: bool = False, trend_weight: float = 1.0):
     """A small model trained on generated events with ties in time (3-minute clock) and a degree cap of 4."""
     data = generate(users=60, items_per_type=30, events_per_user=20, seed=13)
     folder = write_dataset(data, tmp_path_factory.mktemp("parity"))
@@ -83,7 +84,8 @@ def _train(tmp_path_factory, trend_tau: float | None = None, with_trend: bool = 
                                                   trend=with_trend))
     encoder = HashingEncoder(32)
     split = load_split(folder, everything=True)
-    directory = train_for_serving(split, encoder, config, tmp_path_factory.mktemp("models"), "parity", trend_tau)
+    directory = train_for_serving(split, encoder, config, tmp_path_factory.mktemp("models"), "parity", trend_tau,
+                                  trend_weight)
     return split, config, encoder, TrainedModel(directory, encoder.name), directory
 
 
@@ -94,8 +96,9 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_trend(tmp_path_factory):
-    """The same with the trend (a time constant of one day: the generated events span about two)."""
-    return _train(tmp_path_factory, trend_tau=trend.DAY, with_trend=True)
+    """The same with the trend (a time constant of one day: the generated events span about two), served with the
+    users' trend weight multiplied by 3."""
+    return _train(tmp_path_factory, trend_tau=trend.DAY, with_trend=True, trend_weight=3.0)
 
 
 def _serve(split, config, encoder, model):
@@ -170,7 +173,7 @@ def test_a_trend_model_serves_the_training_time_levels_and_vectors(trained_trend
     device = torch.device("cpu")
     ids = [i.item_id for i in split.items]
     meta = json.loads((directory / "config.json").read_text())
-    assert meta["trend_tau"] == trend.DAY and meta["trend_epoch"] == split.now
+    assert meta["trend_tau"] == trend.DAY and meta["trend_epoch"] == split.now and meta["trend_weight"] == 3.0
     assert model.trend is not None and model.dim == config.two_tower.dim + 1 and model.distance == "dot"
 
     text = text_embeddings(split, encoder)
@@ -195,7 +198,13 @@ def test_a_trend_model_serves_the_training_time_levels_and_vectors(trained_trend
     composed = ComposedUsers(store, UserTower.load(directory))
     served_users = composed.vectors([store.get_user(u) for u in histories.users])
     assert np.abs(served_users - trained_users).max() <= 1e-5
-    assert (served_users[:, -1] > 0).all()  # lambda_u, the user's weight for the trend (softplus)
+    assert (served_users[:, -1] > 0).all()  # w * lambda_u, the user's weight for the trend (softplus)
+    learned = copy.deepcopy(model.towers)
+    learned.trend_weight = 1.0
+    unscaled = user_vectors(learned, histories.final_states, histories.rows, split.item_type, split.type_names,
+                            user_item_features(embedding, text, model.tt_config), model.tt_config, device)
+    np.testing.assert_allclose(served_users[:, -1], 3.0 * unscaled[:, -1], rtol=1e-5)  # served: w = 3 times it
+    np.testing.assert_allclose(served_users[:, :-1], unscaled[:, :-1], atol=1e-5)
 
 
 def test_gfm_up_trains_the_demo_model_once_and_reuses_it(tmp_path):
@@ -208,6 +217,9 @@ def test_gfm_up_trains_the_demo_model_once_and_reuses_it(tmp_path):
         build_model(settings, HashingEncoder())
     first, said = ensure_model(settings)
     assert first.model.dir is not None and "trained in" in said
+    from models.train import TREND_WEIGHTS  # chosen on the demo data's validation split, saved with the model
+
+    assert json.loads((first.model.dir / "config.json").read_text())["trend_weight"] in TREND_WEIGHTS
     again, said = ensure_model(settings)
     assert again.model.dir == first.model.dir and "cached" in said
     served = build_model(again, HashingEncoder())

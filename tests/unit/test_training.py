@@ -14,7 +14,18 @@ from models.hgnn import HGNNConfig
 from models.serving import TrainedModel, train_for_serving
 from models.synthetic import generate, write_dataset
 from models.text import HashingEncoder
-from models.train import MODELS, TrainConfig, choose_trend_tau, histories_list, run_evaluation, write_report
+from models.train import (
+    MODELS,
+    TrainConfig,
+    choose_trend_tau,
+    choose_trend_weight,
+    histories_list,
+    render_markdown,
+    run_evaluation,
+    select_trend_weight,
+    weight_row,
+    write_report,
+)
 from models.twotower import TrendLevels, TwoTowerConfig, item_vectors, train_two_tower, user_item_features, user_vectors
 from monitoring.metrics import RefresherMetrics
 from streams.agents import empty_levels
@@ -200,6 +211,56 @@ def test_the_trend_coordinate_finds_a_planted_trending_item(tmp_path):
         assert trending.mrr > rows["2t_hgnn-no_trend"][kind].mrr + 0.2, rows
 
 
+def test_the_trend_weight_is_the_best_on_validation_and_ties_go_to_the_smaller():
+    assert select_trend_weight({1.0: 0.40, 2.0: 0.45, 4.0: 0.52, 8.0: 0.50, 64.0: 0.30}) == 4.0
+    assert select_trend_weight({1.0: 0.40, 2.0: 0.45, 4.0: 0.50, 8.0: 0.50, 16.0: 0.50}) == 4.0
+    assert select_trend_weight({64.0: 0.2, 1.0: 0.2}) == 1.0
+    with pytest.raises(ValueError, match="no trend weights"):
+        select_trend_weight({})
+
+
+def test_the_report_header_shows_the_trend_weight_and_its_validation_grid():
+    report = {"dataset": "d", "protocol": "time-split", "command": "gfm evaluate", "device": "cpu", "threads": 1,
+              "rows": [], "costs": [],
+              "trend": {"tau": 3 * 86400.0, "valid_hr10": [[None, 0.2], [3 * 86400.0, 0.3]], "weight": 16.0,
+                        "weight_valid_hr10": [[1.0, 0.25], [16.0, 0.3204]], "weight_seconds": 407.0}}
+    text = render_markdown(report)
+    assert "**3 d** (no decay 0.2000, 3 d 0.3000)" in text
+    assert "in 407.0 s: (x1 0.2500, x16 0.3204)): **x16**" in text
+    fixed = render_markdown({**report, "trend": {**report["trend"], "weight": 2.0, "weight_valid_hr10": None}})
+    assert "fixed by `--trend-weight`, not chosen): **x2**" in fixed
+
+
+def test_the_trend_weight_is_chosen_on_a_model_trained_on_validation_and_applied_to_the_trend_rows(tmp_path):
+    """choose_trend_weight scores one 2T-HGNN (seed 0, trained on the validation split) at every multiplier and
+    takes the best; run_evaluation's trend_weight is what the 2t_hgnn row is scored with: its figures are those
+    of the weight row with that multiplier, one trained model for both."""
+    folder = write_trending(tmp_path / "trending", users=120)
+    valid = load_split(folder, "valid")
+    tau, _ = choose_trend_tau(valid)
+    config = TrainConfig(hgnn=HGNNConfig(hidden=16, out=16, epochs=2, batch_edges=256),
+                         two_tower=TwoTowerConfig(dim=16, hidden=32, epochs=2, batch=128, examples_per_user=5))
+    encoder = HashingEncoder(32)
+    weight, record = choose_trend_weight(valid, encoder, config, tau, weights=(1.0, 4.0, 64.0))
+    scores = dict(map(tuple, record["weight_valid_hr10"]))
+    assert list(scores) == [1.0, 4.0, 64.0] and record["weight"] == weight
+    assert scores[weight] == max(scores.values()) and all(scores[w] < scores[weight] for w in scores if w < weight)
+    rows = {row.model: row for row in run_evaluation(valid, encoder, config, (weight_row(1.0), weight_row(64.0)),
+                                                     trend_tau=tau)}
+    for w in (1.0, 64.0):  # the same model (seed 0, trained on the validation split) as the choice scored
+        assert round(float(np.mean([r.hr10 for r in rows[weight_row(w)].results])), 4) == scores[w]
+
+    split = load_split(folder)
+    for multiplier in (1.0, 64.0):
+        rows = {row.model: row for row in run_evaluation(
+            split, encoder, config, ("2t_hgnn", weight_row(1.0), weight_row(64.0)), trend_tau=tau,
+            trend_weight=multiplier)}
+        assert rows["2t_hgnn"].results == [replace(r, model="2t_hgnn") for r in rows[weight_row(multiplier)].results]
+    # the multiplier moves the figures (else the test could not tell whether it was applied)
+    assert rows[weight_row(1.0)].results != [replace(r, model=weight_row(1.0)) for r in rows[weight_row(64.0)].results]
+    assert rows[weight_row(64.0)].train_seconds < rows["2t_hgnn"].train_seconds  # trained once, rescaled
+
+
 def test_a_trained_trend_model_serves_its_training_score(dataset, tmp_path):
     """A model trained with the trend: config.json says its time constant and epoch; its served vectors (items with
     their level at the cut from models.trend, users with lambda_u) dotted give the training logit at that time,
@@ -207,9 +268,11 @@ def test_a_trained_trend_model_serves_its_training_score(dataset, tmp_path):
     folder, _ = dataset
     split = load_split(folder, everything=True)
     tau = 3 * 86400.0
-    directory = train_for_serving(split, HashingEncoder(64), SMALL, tmp_path, "abc", tau)
+    directory = train_for_serving(split, HashingEncoder(64), SMALL, tmp_path, "abc", tau, trend_weight=8.0)
     meta = json.loads((directory / "config.json").read_text())
-    assert meta["trend_tau"] == tau and meta["trend_epoch"] == split.now
+    assert meta["trend_tau"] == tau and meta["trend_epoch"] == split.now and meta["trend_weight"] == 8.0
+    served_model = TrainedModel(directory, HashingEncoder(64).name)
+    assert served_model.towers.trend_weight == 8.0 and served_model.composer._forward.trend_weight == 8.0
 
     rng = np.random.default_rng(0)
     embedding = rng.normal(size=(len(split.items), 16)).astype(np.float32)

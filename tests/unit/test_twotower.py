@@ -42,14 +42,15 @@ def test_training_trend_equals_the_shared_levels_of_the_events_strictly_before(t
     assert np.all(got[0] == EMPTY_LEVEL) and np.all(got[:, 4] == EMPTY_LEVEL)
 
 
-@pytest.mark.parametrize("item_bias", [True, False])
-def test_served_trend_vectors_rank_as_the_training_logit(item_bias):
-    """With the trend, the served user vector [scale u / T, lambda_u] dotted with the served item vector
-    [v, level] is the training logit scale <u, v> / T + lambda_u * level, in torch and in the numpy forward;
-    lambda_u >= 0."""
+@pytest.mark.parametrize(("item_bias", "trend_weight"), [(True, 1.0), (False, 1.0), (True, 8.0), (False, 0.5)])
+def test_served_trend_vectors_rank_as_the_training_logit(item_bias, trend_weight):
+    """With the trend, the served user vector [scale u / T, w lambda_u] dotted with the served item vector
+    [v, level] is the training logit scale <u, v> / T + lambda_u * level with lambda_u multiplied by the model's
+    trend weight w, in torch and in the numpy forward; lambda_u >= 0."""
     torch.manual_seed(1)
     model = TwoTower(embed_dim=12, text_dim=5, num_types=3, hidden=32, dim=8, last_item=True, item_bias=item_bias,
                      trend=True, temperature=0.05)
+    model.trend_weight = trend_weight
     model.eval()
     features = torch.randn(64, 3 * (12 + 1) + 12)
     embedding, text = np.random.default_rng(0).normal(size=(2, 40, 12)).astype(np.float32)
@@ -59,7 +60,8 @@ def test_served_trend_vectors_rank_as_the_training_logit(item_bias):
         u, weight = model.user_parts(features)
         v = model.items(torch.from_numpy(embedding), torch.from_numpy(text[:, :5]), torch.from_numpy(item_type),
                         torch.ones(40))
-        logit = (model.scale * (u @ v.T) / 0.05 + weight[:, None] * torch.from_numpy(level).float()).numpy()
+        logit = (model.scale * (u @ v.T) / 0.05
+                 + trend_weight * weight[:, None] * torch.from_numpy(level).float()).numpy()
         served_users = model.users(features).numpy()
     assert (weight >= 0).all()
     served_items = item_vectors(model, embedding, text[:, :5], item_type, torch.device("cpu"), np.ones(40), level)
