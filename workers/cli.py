@@ -91,8 +91,18 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tt-epochs", type=int, default=None, help="two-tower epochs")
 
 
+def _positive_multiplier(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a positive multiplier")
+    return value
+
+
 def _trend_weight_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trend-weight", type=float, default=None,
+    parser.add_argument("--trend-weight", type=_positive_multiplier, default=None,
                         help="multiply the users' learned trend weight by this instead of choosing the multiplier "
                              "on validation data (which trains a 2T-HGNN on the validation split; for quick runs)")
 
@@ -226,9 +236,6 @@ def main(argv: list[str] | None = None) -> int:
             from models.serving import train_for_serving
             from models.train import fingerprint, serving_trend_tau, serving_trend_weight
 
-            if args.trend_weight is not None and args.trend_weight <= 0:
-                print(f"--trend-weight: {args.trend_weight} is not a positive multiplier", file=sys.stderr)
-                return 2
             tau = serving_trend_tau(args.data, config.two_tower)
             weight = (serving_trend_weight(args.data, encoder, config, tau) if args.trend_weight is None
                       else args.trend_weight)
@@ -255,9 +262,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.seeds < 1:
             print(f"--seeds: {args.seeds} is not a positive count", file=sys.stderr)
-            return 2
-        if args.trend_weight is not None and args.trend_weight <= 0:
-            print(f"--trend-weight: {args.trend_weight} is not a positive multiplier", file=sys.stderr)
             return 2
         if args.ablation:
             models += tuple(a for a in ABLATION_ROWS if a not in models)
