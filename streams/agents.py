@@ -38,6 +38,13 @@ the refresh-request and dead-letter topics are at least once (consumers are idem
 Messages that cannot be decoded go to the dead-letter topic with their reason, partition and offset; the agents
 never crash on input. An unexpected error (the broker unreachable, a bug) stops the worker, so that its supervisor
 restarts it and the unapplied messages are delivered again.
+
+**Liveness.** Faust can lose fetched messages before they reach an agent, silently (its streams skip messages
+fetched while the flow is suspended or under another consumer generation, expecting a seek back). Seen on tansu
+right after a restart: the consumer had fetched every event, the agent sat idle with an empty buffer, and nothing
+more was applied. :class:`StallWatch` notices a partition whose fetched messages an idle agent has not applied
+for ``stall_s`` and the worker exits (status 70) so that its supervisor restarts it; the restarted worker
+resumes from the committed offset (rules 1-3 make that exact).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -87,6 +95,7 @@ class StreamConfig:
     pairs_take_max: int = 500
     take_within_s: float = 0.1
     pairs_take_within_s: float = 0.1
+    stall_s: float = 30.0
     min_stream_ms: int = 30_000
     producer_max_batch_size: int = 1
     cache_entries: int = 20_000
@@ -442,6 +451,96 @@ class OffsetTracker:
             self.next[partition] = offset + 1
 
 
+TopicPartition = tuple[str, int]
+"""``(topic, partition)``."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """How far the consumer has gone in one partition."""
+
+    position: int
+    """The next offset the consumer will fetch: every offset below it has been fetched."""
+    committed: int | None
+    """The committed offset (the next one to process after a restart), if known."""
+    drained: bool
+    """Whether the consumer has handed (or dropped) a message of this partition to the streams since its last seek."""
+
+
+@dataclass
+class StallWatch:
+    """Notices an agent that never receives messages the consumer fetched for it (see the module's *Liveness*).
+
+    A partition is *behind* when offsets it fetched were never applied: its position is past the next offset to
+    apply (one past the last applied by this process, else the committed offset; with neither known, behind as soon
+    as a message was drained). A partition stays behind for a while in normal work (a micro-batch fills, an agent
+    is busy). It has *stalled* when it has been behind for ``stall_s`` while its agent was idle and started no
+    micro-batch: a healthy agent takes whatever was fetched within its batch window (0.1 s by default).
+    """
+
+    stall_s: float
+    applied: dict[TopicPartition, int] = field(default_factory=dict)
+    """Per partition, the last offset an agent of this process applied."""
+    busy: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Per topic, how many micro-batches are being handled now."""
+    started: dict[str, float] = field(default_factory=dict)
+    """Per topic, when (monotonic seconds) its agent last started a micro-batch."""
+    behind_since: dict[TopicPartition, float] = field(default_factory=dict)
+
+    def begin(self, topic: str, now: float) -> None:
+        """An agent of ``topic`` starts a micro-batch."""
+        self.busy[topic] += 1
+        self.started[topic] = now
+
+    def end(self, topic: str, offsets: Iterable[tuple[int, int]]) -> None:
+        """An agent of ``topic`` is done with a micro-batch of these ``(partition, offset)`` (applied or not)."""
+        self.busy[topic] -= 1
+        applied = self.applied
+        for partition, offset in offsets:
+            key = (topic, partition)
+            if offset > applied.get(key, -1):
+                applied[key] = offset
+
+    def check(self, fetched: dict[TopicPartition, Fetched], now: float) -> str | None:
+        """Update from the consumer's partitions; returns what stalled, or None."""
+        for key in list(self.behind_since):
+            if key not in fetched:
+                del self.behind_since[key]
+        for key, state in fetched.items():
+            topic = key[0]
+            last = self.applied.get(key)
+            next_offset = last + 1 if last is not None else state.committed
+            behind = state.position > next_offset if next_offset is not None else state.drained
+            if not behind or self.busy[topic] > 0:
+                self.behind_since.pop(key, None)
+                continue
+            since = max(self.behind_since.setdefault(key, now), self.started.get(topic, -math.inf))
+            if now - since >= self.stall_s:
+                return (f"{topic}[{key[1]}]: fetched up to offset {state.position - 1}, next to apply "
+                        f"{next_offset if next_offset is not None else 'unknown'}, and its agent started nothing for "
+                        f"{now - since:.0f} s")
+        return None
+
+
+def fetched_positions(app: faust.App, topics: Iterable[str]) -> dict[TopicPartition, Fetched]:
+    """The consumer's :class:`Fetched` for every assigned partition of ``topics`` (Faust and aiokafka internals,
+    read from the event loop's thread; an int or a dict lookup is safe to read while the consumer thread writes)."""
+    consumer: Any = app.consumer
+    kafka = consumer._thread._ensure_consumer()  # the aiokafka consumer
+    assignment = kafka._subscription.subscription.assignment
+    wanted = set(topics)
+    fetched = {}
+    for tp in assignment.tps:
+        if tp.topic not in wanted:
+            continue
+        position = assignment.state_value(tp).position
+        if position is None:
+            continue
+        committed = consumer._committed_offset.get(tp)
+        fetched[(tp.topic, tp.partition)] = Fetched(position, committed, consumer._read_offset.get(tp) is not None)
+    return fetched
+
+
 def fold_pairs_log(partitions: Iterable[tuple[int, Sequence[bytes | None]]], max_degree: int) -> dict[str, Adjacency]:
     """The adjacency that folding each partition of the pairs topic once, in its order, gives: the reference where
     the degree cap makes cross-partition arrival order matter (redelivered groups in the log are skipped, as the
@@ -581,6 +680,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
             await dead_letters.send(value=letter.dumps())
 
     trackers = {"events": OffsetTracker(), "pairs": OffsetTracker()}
+    watch = StallWatch(config.stall_s)
 
     def stored(table: Any, decode: Callable[[bytes], E]) -> Callable[[bytes], E | None]:
         def load(key: bytes) -> E | None:
@@ -648,9 +748,13 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         metrics.batch_seconds.labels("edges").observe(time.perf_counter() - started)
 
     async def guarded(handler: Callable[[Any], Awaitable[None]], batch: list[Any]) -> None:
+        topic = batch[0].message.topic
+        watch.begin(topic, time.monotonic())
         try:
             await handler(batch)
+            watch.end(topic, ((e.message.partition, e.message.offset) for e in batch))
         except BaseException as error:
+            watch.end(topic, ())
             # Leave the batch unacknowledged: `take_events` acks its events when the agent moves on, even after an
             # error or a cancellation (SIGTERM), and Faust commits acked offsets as it stops. Marking the messages
             # acked here makes that a no-op, so a half-applied batch is delivered again after the restart.
@@ -665,6 +769,21 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
                 logging.shutdown()
                 os._exit(EXIT_AGENT_CRASHED)
             raise
+
+    watched = (config.topic("events"), config.topic("pairs"))
+
+    @app.timer(interval=1.0)  # type: ignore[misc]
+    async def watchdog() -> None:
+        try:
+            fetched = fetched_positions(app, watched)
+        except Exception:  # the consumer not started yet, or stopping
+            log.debug("consumer positions not read", exc_info=True)
+            return
+        stalled = watch.check(fetched, time.monotonic())
+        if stalled is not None:
+            log.critical("stream agent stalled: %s; exiting so that the supervisor restarts the worker", stalled)
+            logging.shutdown()
+            os._exit(EXIT_AGENT_CRASHED)
 
     # take_events (not in faust's type stubs) keeps each message's partition, offset and timestamp
     @app.agent(events_topic)

@@ -93,6 +93,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         pairs_take_max=settings.streams.pairs_take_max,
         take_within_s=settings.streams.take_within_s,
         pairs_take_within_s=settings.streams.pairs_take_within_s,
+        stall_s=settings.streams.stall_s,
         min_stream_ms=settings.streams.min_stream_ms,
         producer_max_batch_size=settings.streams.producer_max_batch_size,
         rocksdb_write_buffer_mib=settings.streams.rocksdb_write_buffer_mib,

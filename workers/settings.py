@@ -65,6 +65,10 @@ class StreamSettings(BaseModel):
     producer_max_batch_size: int = Field(
         1, ge=1, description="1 for tansu, whose wrong end offsets lose table updates on restore otherwise"
     )
+    stall_s: float = Field(
+        30.0, gt=0, description="an agent that has not started a micro-batch for this long while messages it was "
+                                "fetched wait makes the worker exit, so that its supervisor restarts it (see "
+                                "streams.agents.StallWatch)")
     metrics_port: int = 9101
     datadir: Path | None = None
     """This worker's RocksDB table directory (``var_dir/faust`` when unset). Every stream worker needs its own:

@@ -223,6 +223,37 @@ def test_a_hole_in_a_partitions_offsets_stops_the_batch_before_anything_is_appli
         tracker.check([(0, 7), (1, 5)])
 
 
+def test_the_stall_watch_names_a_partition_whose_fetched_messages_an_idle_agent_never_applied():
+    from streams.agents import Fetched, StallWatch
+
+    watch = StallWatch(stall_s=10)
+    watch.begin("ev", 0.0)
+    watch.end("ev", [(0, 4), (0, 5), (1, 2)])
+    caught_up = {("ev", 0): Fetched(6, 3, True), ("ev", 1): Fetched(3, None, True)}
+    assert watch.check(caught_up, 0.0) is None and watch.check(caught_up, 100.0) is None
+    behind = {("ev", 0): Fetched(9, 3, True), ("ev", 1): Fetched(3, None, True)}
+    assert watch.check(behind, 100.0) is None  # behind since 100 s
+    assert watch.check(behind, 109.0) is None
+    assert watch.check(behind, 110.0) == ("ev[0]: fetched up to offset 8, next to apply 6, and its agent started "
+                                          "nothing for 10 s")
+    watch.begin("ev", 111.0)  # a busy agent is never stalled, and a batch it starts restarts the clock
+    assert watch.check(behind, 200.0) is None
+    watch.end("ev", [(0, 6)])
+    assert watch.check(behind, 201.0) is None and watch.check(behind, 210.0) is None
+    assert watch.check(behind, 211.0) is not None
+    # a partition revoked (absent) forgets its clock; one this process never applied is judged by its committed
+    # offset, else by whether the consumer handed anything to the streams at all
+    assert watch.check({}, 212.0) is None
+    fresh = StallWatch(stall_s=10)
+    assert fresh.check({("ev", 0): Fetched(50, 50, True)}, 0.0) is None
+    assert fresh.check({("ev", 0): Fetched(50, 50, True)}, 99.0) is None
+    fresh.check({("ev", 0): Fetched(75, 50, True), ("ev", 1): Fetched(7, None, False)}, 100.0)
+    assert "ev[0]" in fresh.check({("ev", 0): Fetched(75, 50, True), ("ev", 1): Fetched(7, None, False)}, 110.0)
+    fresh = StallWatch(stall_s=10)
+    fresh.check({("ev", 1): Fetched(7, None, True)}, 0.0)
+    assert "next to apply unknown" in fresh.check({("ev", 1): Fetched(7, None, True)}, 10.0)
+
+
 def test_the_state_check_on_the_real_broker_compares_levels():
     """``workers.statecheck.compare`` (what the fault, poison and scale tests on tansu use) counts an item whose
     levels are off, or missing, as a difference."""
