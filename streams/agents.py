@@ -475,10 +475,14 @@ class StallWatch:
     apply (one past the last applied by this process, else the committed offset; with neither known, behind as soon
     as a message was drained). A partition stays behind for a while in normal work (a micro-batch fills, an agent
     is busy). It has *stalled* when it has been behind for ``stall_s`` while its agent was idle and started no
-    micro-batch: a healthy agent takes whatever was fetched within its batch window (0.1 s by default).
+    micro-batch: a healthy agent takes whatever was fetched within its batch window (0.1 s by default). Time in
+    which the watch itself did not run (checks more than ``max_gap_s`` apart: the event loop was blocked, so the
+    agents could not run either) does not count.
     """
 
     stall_s: float
+    max_gap_s: float = 5.0
+    last_check: float | None = None
     applied: dict[TopicPartition, int] = field(default_factory=dict)
     """Per partition, the last offset an agent of this process applied."""
     busy: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -503,6 +507,9 @@ class StallWatch:
 
     def check(self, fetched: dict[TopicPartition, Fetched], now: float) -> str | None:
         """Update from the consumer's partitions; returns what stalled, or None."""
+        if self.last_check is not None and now - self.last_check > self.max_gap_s:
+            self.behind_since.clear()
+        self.last_check = now
         for key in list(self.behind_since):
             if key not in fetched:
                 del self.behind_since[key]

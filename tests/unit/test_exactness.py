@@ -226,7 +226,7 @@ def test_a_hole_in_a_partitions_offsets_stops_the_batch_before_anything_is_appli
 def test_the_stall_watch_names_a_partition_whose_fetched_messages_an_idle_agent_never_applied():
     from streams.agents import Fetched, StallWatch
 
-    watch = StallWatch(stall_s=10)
+    watch = StallWatch(stall_s=10, max_gap_s=1000)
     watch.begin("ev", 0.0)
     watch.end("ev", [(0, 4), (0, 5), (1, 2)])
     caught_up = {("ev", 0): Fetched(6, 3, True), ("ev", 1): Fetched(3, None, True)}
@@ -244,14 +244,22 @@ def test_the_stall_watch_names_a_partition_whose_fetched_messages_an_idle_agent_
     # a partition revoked (absent) forgets its clock; one this process never applied is judged by its committed
     # offset, else by whether the consumer handed anything to the streams at all
     assert watch.check({}, 212.0) is None
-    fresh = StallWatch(stall_s=10)
+    fresh = StallWatch(stall_s=10, max_gap_s=1000)
     assert fresh.check({("ev", 0): Fetched(50, 50, True)}, 0.0) is None
     assert fresh.check({("ev", 0): Fetched(50, 50, True)}, 99.0) is None
     fresh.check({("ev", 0): Fetched(75, 50, True), ("ev", 1): Fetched(7, None, False)}, 100.0)
     assert "ev[0]" in fresh.check({("ev", 0): Fetched(75, 50, True), ("ev", 1): Fetched(7, None, False)}, 110.0)
-    fresh = StallWatch(stall_s=10)
+    fresh = StallWatch(stall_s=10, max_gap_s=1000)
     fresh.check({("ev", 1): Fetched(7, None, True)}, 0.0)
     assert "next to apply unknown" in fresh.check({("ev", 1): Fetched(7, None, True)}, 10.0)
+    # checks further apart than max_gap_s (the event loop was blocked, the agents with it) do not count that time
+    blocked = StallWatch(stall_s=10, max_gap_s=5)
+    behind_now = {("ev", 0): Fetched(9, 3, True)}
+    assert blocked.check(behind_now, 0.0) is None
+    assert blocked.check(behind_now, 40.0) is None  # 40 s without a check: the clock restarts at 40
+    for t in range(41, 50):
+        assert blocked.check(behind_now, float(t)) is None
+    assert blocked.check(behind_now, 50.0) is not None
 
 
 def test_the_state_check_on_the_real_broker_compares_levels():
