@@ -162,7 +162,8 @@ def agreement(a: Answers, b: Answers) -> dict[str, float]:
 
 def served_scorer(split: Split, directory: Path, encoder: TextEncoder) -> Scorer:
     """The offline evaluator's scorer for a served model directory: its HGNN over the graph of ``split.train``
-    and its towers over the users' states at the cut, built by the functions training and serving share
+    and its towers over the users' states at the cut, with the items' trend levels at the cut for the time
+    constant the model was saved with, built by the functions training and serving share
     (:func:`~models.train.two_tower_scorer`). The model must have been trained on ``split.train``."""
     from models.hgnn import embed
     from models.serving import TrainedModel
@@ -180,4 +181,4 @@ def served_scorer(split: Split, directory: Path, encoder: TextEncoder) -> Scorer
     embedding = embed(model.hgnn, graph, text, model.device)
     degree = graph.weighted_degree(len(split.items)) if model.tt_config.item_degree else None
     return two_tower_scorer(split, histories_list(split, graph_config), model.towers, embedding, text,
-                            model.tt_config, model.device, degree)
+                            model.tt_config, model.device, degree, trend_tau=meta.get("trend_tau"))

@@ -198,6 +198,12 @@ def test_a_trend_model_serves_the_training_time_levels_and_vectors(trained_trend
     composed = ComposedUsers(store, UserTower.load(directory))
     served_users = composed.vectors([store.get_user(u) for u in histories.users])
     assert np.abs(served_users - trained_users).max() <= 1e-5
+    # the online evaluation's offline column (``served_scorer``) ranks by the same scores the store serves
+    # (it once read the levels without the model's time constant, and no list matched the served ones)
+    from models.online import served_scorer
+
+    scores = served_scorer(split, directory, encoder)(list(histories.users), np.arange(len(ids)))
+    assert np.abs(scores - served_users @ served_items.T).max() <= 1e-4
     assert (served_users[:, -1] > 0).all()  # w * lambda_u, the user's weight for the trend (softplus)
     learned = copy.deepcopy(model.towers)
     learned.trend_weight = 1.0
