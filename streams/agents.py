@@ -779,13 +779,19 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
 
     watched = (config.topic("events"), config.topic("pairs"))
 
+    unread = [0]  # consecutive checks that could not read the consumer
+
     @app.timer(interval=1.0)  # type: ignore[misc]
     async def watchdog() -> None:
         try:
             fetched = fetched_positions(app, watched)
-        except Exception:  # the consumer not started yet, or stopping
-            log.debug("consumer positions not read", exc_info=True)
+        except Exception:  # the consumer not started yet, or stopping; or Faust's internals changed
+            unread[0] += 1
+            if unread[0] == 60:
+                log.warning("the stall watch has not read the consumer's positions for a minute: it is not "
+                            "watching", exc_info=True)
             return
+        unread[0] = 0
         stalled = watch.check(fetched, time.monotonic())
         if stalled is not None:
             log.critical("stream agent stalled: %s; exiting so that the supervisor restarts the worker", stalled)
