@@ -44,9 +44,11 @@ class Flow:
                                    item_type=self.types[e.item_id], ts=now, kind="stream", ms_played=None))
         return out
 
-    def send(self, n: int, tag: str = "burst") -> None:
-        """Send ``n`` events now (a burst), waiting for the broker."""
-        self.sink.send(self.events(n, tag))
+    def send(self, n: int, tag: str = "burst", pack_size: int | None = None) -> None:
+        """Send ``n`` events now (a burst), waiting for the broker; ``pack_size`` events per message (the sink's
+        200 when None)."""
+        sink = self.sink if pack_size is None else EventSink(self.producer, self.stack.settings.kafka, pack_size)
+        sink.send(self.events(n, tag))
         self.sent += n
 
     def send_late(self, n: int, seconds: float) -> None:
