@@ -56,7 +56,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -472,19 +472,19 @@ class StallWatch:
     """Notices an agent that never receives messages the consumer fetched for it (see the module's *Liveness*).
 
     A partition is *behind* when offsets it fetched were never applied: its position is past the next offset to
-    apply (one past the last applied by this process, else the committed offset; with neither known, behind as soon
-    as a message was drained). A partition stays behind for a while in normal work (a micro-batch fills, an agent
-    is busy). It has *stalled* when it has been behind for ``stall_s`` while its agent was idle and started no
-    micro-batch: a healthy agent takes whatever was fetched within its batch window (0.1 s by default). Time in
-    which the watch itself did not run (checks more than ``max_gap_s`` apart: the event loop was blocked, so the
-    agents could not run either) does not count.
+    apply (its agent's :class:`OffsetTracker` knows it once a batch of it was taken since the last rebalance, else
+    the committed offset; with neither known, behind as soon as a message was drained). A partition stays behind
+    for a while in normal work (a micro-batch fills, an agent is busy). It has *stalled* when it has been behind
+    for ``stall_s`` while its agent was idle and started no micro-batch: a healthy agent takes whatever was fetched
+    within its batch window (0.1 s by default). Time in which the watch itself did not run (checks more than
+    ``max_gap_s`` apart: the event loop was blocked, so the agents could not run either) does not count.
     """
 
     stall_s: float
+    trackers: Mapping[str, OffsetTracker]
+    """Per topic, the tracker of the agent that reads it (its ``next`` offsets are the next ones to apply)."""
     max_gap_s: float = 5.0
     last_check: float | None = None
-    applied: dict[TopicPartition, int] = field(default_factory=dict)
-    """Per partition, the last offset an agent of this process applied."""
     busy: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Per topic, how many micro-batches are being handled now."""
     started: dict[str, float] = field(default_factory=dict)
@@ -496,14 +496,9 @@ class StallWatch:
         self.busy[topic] += 1
         self.started[topic] = now
 
-    def end(self, topic: str, offsets: Iterable[tuple[int, int]]) -> None:
-        """An agent of ``topic`` is done with a micro-batch of these ``(partition, offset)`` (applied or not)."""
+    def end(self, topic: str) -> None:
+        """An agent of ``topic`` is done with a micro-batch (applied or not)."""
         self.busy[topic] -= 1
-        applied = self.applied
-        for partition, offset in offsets:
-            key = (topic, partition)
-            if offset > applied.get(key, -1):
-                applied[key] = offset
 
     def check(self, fetched: dict[TopicPartition, Fetched], now: float) -> str | None:
         """Update from the consumer's partitions; returns what stalled, or None."""
@@ -514,16 +509,16 @@ class StallWatch:
             if key not in fetched:
                 del self.behind_since[key]
         for key, state in fetched.items():
-            topic = key[0]
-            last = self.applied.get(key)
-            next_offset = last + 1 if last is not None else state.committed
+            topic, partition = key
+            tracked = self.trackers[topic].next.get(partition)
+            next_offset = tracked if tracked is not None else state.committed
             behind = state.position > next_offset if next_offset is not None else state.drained
             if not behind or self.busy[topic] > 0:
                 self.behind_since.pop(key, None)
                 continue
             since = max(self.behind_since.setdefault(key, now), self.started.get(topic, -math.inf))
             if now - since >= self.stall_s:
-                return (f"{topic}[{key[1]}]: fetched up to offset {state.position - 1}, next to apply "
+                return (f"{topic}[{partition}]: fetched up to offset {state.position - 1}, next to apply "
                         f"{next_offset if next_offset is not None else 'unknown'}, and its agent started nothing for "
                         f"{now - since:.0f} s")
         return None
@@ -687,7 +682,8 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
             await dead_letters.send(value=letter.dumps())
 
     trackers = {"events": OffsetTracker(), "pairs": OffsetTracker()}
-    watch = StallWatch(config.stall_s)
+    watched = (config.topic("events"), config.topic("pairs"))
+    watch = StallWatch(config.stall_s, dict(zip(watched, trackers.values(), strict=True)))
 
     def stored(table: Any, decode: Callable[[bytes], E]) -> Callable[[bytes], E | None]:
         def load(key: bytes) -> E | None:
@@ -759,9 +755,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
         watch.begin(topic, time.monotonic())
         try:
             await handler(batch)
-            watch.end(topic, ((e.message.partition, e.message.offset) for e in batch))
         except BaseException as error:
-            watch.end(topic, ())
             # Leave the batch unacknowledged: `take_events` acks its events when the agent moves on, even after an
             # error or a cancellation (SIGTERM), and Faust commits acked offsets as it stops. Marking the messages
             # acked here makes that a no-op, so a half-applied batch is delivered again after the restart.
@@ -776,22 +770,23 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
                 logging.shutdown()
                 os._exit(EXIT_AGENT_CRASHED)
             raise
+        finally:
+            watch.end(topic)
 
-    watched = (config.topic("events"), config.topic("pairs"))
-
-    unread = [0]  # consecutive checks that could not read the consumer
+    unread = 0  # consecutive checks that could not read the consumer
 
     @app.timer(interval=1.0)  # type: ignore[misc]
     async def watchdog() -> None:
+        nonlocal unread
         try:
             fetched = fetched_positions(app, watched)
         except Exception:  # the consumer not started yet, or stopping; or Faust's internals changed
-            unread[0] += 1
-            if unread[0] == 60:
+            unread += 1
+            if unread == 60:
                 log.warning("the stall watch has not read the consumer's positions for a minute: it is not "
                             "watching", exc_info=True)
             return
-        unread[0] = 0
+        unread = 0
         stalled = watch.check(fetched, time.monotonic())
         if stalled is not None:
             log.critical("stream agent stalled: %s; exiting so that the supervisor restarts the worker", stalled)

@@ -224,11 +224,13 @@ def test_a_hole_in_a_partitions_offsets_stops_the_batch_before_anything_is_appli
 
 
 def test_the_stall_watch_names_a_partition_whose_fetched_messages_an_idle_agent_never_applied():
-    from streams.agents import Fetched, StallWatch
+    from streams.agents import Fetched, OffsetTracker, StallWatch
 
-    watch = StallWatch(stall_s=10, max_gap_s=1000)
+    tracker = OffsetTracker()  # the agent's: it knows the next offset to apply of every partition it took
+    watch = StallWatch(stall_s=10, trackers={"ev": tracker}, max_gap_s=1000)
     watch.begin("ev", 0.0)
-    watch.end("ev", [(0, 4), (0, 5), (1, 2)])
+    tracker.check([(0, 4), (0, 5), (1, 2)])
+    watch.end("ev")
     caught_up = {("ev", 0): Fetched(6, 3, True), ("ev", 1): Fetched(3, None, True)}
     assert watch.check(caught_up, 0.0) is None and watch.check(caught_up, 100.0) is None
     behind = {("ev", 0): Fetched(9, 3, True), ("ev", 1): Fetched(3, None, True)}
@@ -238,22 +240,23 @@ def test_the_stall_watch_names_a_partition_whose_fetched_messages_an_idle_agent_
                                           "nothing for 10 s")
     watch.begin("ev", 111.0)  # a busy agent is never stalled, and a batch it starts restarts the clock
     assert watch.check(behind, 200.0) is None
-    watch.end("ev", [(0, 6)])
+    tracker.check([(0, 6)])
+    watch.end("ev")
     assert watch.check(behind, 201.0) is None and watch.check(behind, 210.0) is None
     assert watch.check(behind, 211.0) is not None
-    # a partition revoked (absent) forgets its clock; one this process never applied is judged by its committed
-    # offset, else by whether the consumer handed anything to the streams at all
+    # a partition revoked (absent) forgets its clock; one whose agent took nothing since the last rebalance is
+    # judged by its committed offset, else by whether the consumer handed anything to the streams at all
     assert watch.check({}, 212.0) is None
-    fresh = StallWatch(stall_s=10, max_gap_s=1000)
+    fresh = StallWatch(stall_s=10, trackers={"ev": OffsetTracker()}, max_gap_s=1000)
     assert fresh.check({("ev", 0): Fetched(50, 50, True)}, 0.0) is None
     assert fresh.check({("ev", 0): Fetched(50, 50, True)}, 99.0) is None
     fresh.check({("ev", 0): Fetched(75, 50, True), ("ev", 1): Fetched(7, None, False)}, 100.0)
     assert "ev[0]" in fresh.check({("ev", 0): Fetched(75, 50, True), ("ev", 1): Fetched(7, None, False)}, 110.0)
-    fresh = StallWatch(stall_s=10, max_gap_s=1000)
+    fresh = StallWatch(stall_s=10, trackers={"ev": OffsetTracker()}, max_gap_s=1000)
     fresh.check({("ev", 1): Fetched(7, None, True)}, 0.0)
     assert "next to apply unknown" in fresh.check({("ev", 1): Fetched(7, None, True)}, 10.0)
     # checks further apart than max_gap_s (the event loop was blocked, the agents with it) do not count that time
-    blocked = StallWatch(stall_s=10, max_gap_s=5)
+    blocked = StallWatch(stall_s=10, trackers={"ev": OffsetTracker()}, max_gap_s=5)
     behind_now = {("ev", 0): Fetched(9, 3, True)}
     assert blocked.check(behind_now, 0.0) is None
     assert blocked.check(behind_now, 40.0) is None  # 40 s without a check: the clock restarts at 40
