@@ -63,7 +63,7 @@ from workers.kafka_io import (  # noqa: E402
 from workers.refresher import Refresher, RefresherLoop  # noqa: E402
 from workers.services import build_encoder, build_model, build_store  # noqa: E402
 from workers.settings import Settings  # noqa: E402
-from workers.stack import settings_env, start_broker  # noqa: E402
+from workers.stack import edges_worker, settings_env, start_broker  # noqa: E402
 from workers.statecheck import (  # noqa: E402
     TopicMirror,
     changelog_topics,
@@ -93,9 +93,23 @@ def events_seen(metrics: dict[str, float]) -> float:
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings_env(settings)}
-    log = (settings.var_dir / "streams.log").open("ab")
+    log = (settings.var_dir / f"streams-{settings.streams.role}.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "streams"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def worker_settings(settings: Settings) -> list[Settings]:
+    """The stream workers of the deployment: one, or the events and the edges worker when split."""
+    return [settings, edges_worker(settings)] if settings.streams.split else [settings]
+
+
+def scrape_all(settings: Settings) -> dict[str, float]:
+    """Every stream worker's metrics, summed."""
+    total: dict[str, float] = {}
+    for each in worker_settings(settings):
+        for name, value in scrape(each.streams.own_metrics_port).items():
+            total[name] = total.get(name, 0.0) + value
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
@@ -124,7 +138,7 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
     """
     settings = make_settings(root / "throughput", **streams)
     broker = start_broker(settings.kafka.bootstrap, root / "broker1.log")
-    worker = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         ensure_topics(settings.kafka)
         producer = make_producer(settings.kafka)
@@ -136,35 +150,37 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
             produced.append(replay(iter(events), sink, len(events), rate=rate, progress=False))
 
         if live:
-            worker = start_worker(settings)
-            warm_up(sink, settings.streams.metrics_port, worker)
+            workers = [start_worker(s) for s in worker_settings(settings)]
+            warm_up(sink, settings.streams.metrics_port, workers[0],
+                    settings.streams.edges_metrics_port if settings.streams.split else None)
         else:
             produce()
         started = time.monotonic()
-        cpu_before = cpu_seconds(worker.pid) if worker is not None else 0.0
+        cpu_before = [cpu_seconds(w.pid) for w in workers]
         if live:
             producer_thread = threading.Thread(target=produce, daemon=True)
             producer_thread.start()
         else:
-            worker = start_worker(settings)
+            workers = [start_worker(s) for s in worker_settings(settings)]
+        warm_ups = 2 if settings.streams.split else 1
         first = last = None
         seen = 0.0
         pairs_last_change = pairs = 0.0
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             time.sleep(0.25)
-            if worker.poll() is not None:
-                raise RuntimeError(f"worker exited; see {settings.var_dir / 'streams.log'}")
+            if any(w.poll() is not None for w in workers):
+                raise RuntimeError(f"a stream worker exited; see {settings.var_dir}/streams-*.log")
             try:
-                metrics = scrape(settings.streams.metrics_port)
+                metrics = scrape_all(settings)
             except OSError:
                 continue
             now = time.monotonic()
-            count = events_seen(metrics) - (1 if live else 0)
+            count = events_seen(metrics) - (warm_ups if live else 0)
             if count > 0 and first is None:
                 first = (now, count)
                 if not live:
-                    cpu_before = cpu_seconds(worker.pid)
+                    cpu_before = [cpu_seconds(w.pid) for w in workers]
             if count > seen:
                 seen, last = count, now
             new_pairs = metrics.get("gfm_graph_pairs_total", 0.0) + metrics.get("gfm_trend_consumptions_total", 0.0)
@@ -178,7 +194,8 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
             if first is not None and now - max(last or 0, pairs_last_change) > 60:
                 raise RuntimeError(f"no progress for 60 s at {seen} events; see {settings.var_dir}")
         assert first is not None and last is not None
-        cpu = cpu_seconds(worker.pid) - cpu_before
+        cpu_each = [cpu_seconds(w.pid) - before for w, before in zip(workers, cpu_before, strict=True)]
+        cpu = sum(cpu_each)
         origin = started if live else first[0]
         done = max(last, pairs_last_change) - origin
         result: dict[str, Any] = {
@@ -192,40 +209,60 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
             "events_per_s_end_to_end": round(seen / done),
             "pairs_merged": metrics.get("gfm_graph_pairs_total", 0.0),
             "consumptions_folded": metrics.get("gfm_trend_consumptions_total", 0.0),
-            "worker_peak_rss_mib": round(peak_rss_mib(worker.pid)),
+            "worker_peak_rss_mib": round(max(peak_rss_mib(w.pid) for w in workers)),
             "broker_peak_rss_mib": round(peak_rss_mib(broker.pid)),
             "worker_cpu_s": round(cpu, 2),
             "events_per_worker_cpu_s": round(seen / cpu),
         }
+        if len(workers) > 1:  # split: the events and the edges worker
+            result["per_worker"] = {s.streams.role: {"cpu_s": round(c, 2), "peak_rss_mib": round(peak_rss_mib(w.pid))}
+                                    for s, w, c in zip(worker_settings(settings), workers, cpu_each, strict=True)}
         if check:
             check_started = time.monotonic()
-            result["state_check"] = check_state(settings, events)
+            result["state_check"] = check_state(settings, [WARM_UP_CONSUMPTION, *events] if live and warm_ups == 2
+                                                else events)
             result["state_check"]["check_s"] = round(time.monotonic() - check_started, 1)
         return result
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(20)
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(20)
         broker.terminate()
         broker.wait(10)
 
 
-def warm_up(sink: EventSink, metrics_port: int, worker: subprocess.Popen[bytes]) -> None:
+WARM_UP_CONSUMPTION = ListenEvent(event_id="bench:warm-up-2", user_id="bench:warm-up", item_id="bench:warm-up",
+                                  item_type="bench", ts=1.0)
+"""Sent after the preview when the edges agent runs apart, so that its worker has joined too before the clock
+starts; a real consumption (its item's trend levels), so the state check folds it with the events."""
+
+
+def warm_up(sink: EventSink, metrics_port: int, worker: subprocess.Popen[bytes], edges_port: int | None = None) -> None:
     """Wait until the idle worker has processed one event (a preview: no state change), so that start-up and
-    the consumer group's join are not timed."""
+    the consumer group's join are not timed; with ``edges_port`` (split), then until the edges worker has folded
+    :data:`WARM_UP_CONSUMPTION`."""
     sink.send([ListenEvent(event_id="bench:warm-up", user_id="bench:warm-up", item_id="bench:warm-up",
                            item_type="bench", ts=1.0, kind="preview")])
+    wait_for(lambda: events_seen(scrape(metrics_port)) >= 1, worker, "the worker to process the warm-up event")
+    if edges_port is not None:
+        sink.send([WARM_UP_CONSUMPTION])
+        wait_for(lambda: scrape(edges_port).get("gfm_trend_consumptions_total", 0.0) >= 1, worker,
+                 "the edges worker to fold the warm-up consumption")
+
+
+def wait_for(done: Any, worker: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if worker.poll() is not None:
-            raise RuntimeError("worker exited during the warm-up")
+            raise RuntimeError(f"worker exited while waiting for {what}")
         try:
-            if events_seen(scrape(metrics_port)) >= 1:
+            if done():
                 return
         except OSError:
             pass
         time.sleep(0.2)
-    raise TimeoutError("the worker did not process the warm-up event within 120 s")
+    raise TimeoutError(f"timed out after 120 s waiting for {what}")
 
 
 def check_state(settings: Settings, events: list[ListenEvent]) -> dict[str, Any]:
@@ -295,17 +332,18 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 
 def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, model_dir: Path | None = None,
-            text_cache: Path | None = None, query_every: int = 0) -> dict[str, Any]:
-    settings = make_settings(root / "latency", encoder=encoder, model="gfm" if model_dir else "textprop")
+            text_cache: Path | None = None, query_every: int = 0, split: bool = False) -> dict[str, Any]:
+    settings = make_settings(root / "latency", encoder=encoder, model="gfm" if model_dir else "textprop",
+                             split=split)
     settings = settings.model_copy(update={"model": settings.model.model_copy(update={
         "dir": model_dir, "text_cache": text_cache or settings.model.text_cache})})
     broker = start_broker(settings.kafka.bootstrap, root / "broker2.log")
-    worker = None
+    workers: list[subprocess.Popen[bytes]] = []
     loop = None
     probe = None
     try:
         ensure_topics(settings.kafka)
-        worker = start_worker(settings)
+        workers = [start_worker(s) for s in worker_settings(settings)]
         producer = make_producer(settings.kafka)
         published = publish_catalog(producer, settings.kafka, load_items(data))
         metrics = RefresherMetrics.create(CollectorRegistry())
@@ -403,9 +441,10 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
         if loop is not None:
             loop.stop()
             loop.refresher.store.close()
-        if worker is not None:
-            worker.terminate()
-            worker.wait(20)
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(20)
         broker.terminate()
         broker.wait(10)
 
@@ -434,6 +473,8 @@ def main() -> None:
     parser.add_argument("--produce-rate", type=float, default=None,
                         help="live mode: produce at this many events/s (default: as fast as possible)")
     parser.add_argument("--pairs-within", type=float, default=None, help="the worker's pairs_take_within_s")
+    parser.add_argument("--split", action="store_true",
+                        help="the edges agent in a stream worker of its own (GFM_STREAMS__SPLIT)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing the worker's state with build_graph on the same events")
     args = parser.parse_args()
@@ -447,13 +488,14 @@ def main() -> None:
     if args.skip != "throughput":
         overrides = {k: v for k, v in {"producer_max_batch_size": args.producer_batch_bytes,
                                        "take_max": args.take_max,
-                                       "pairs_take_within_s": args.pairs_within}.items() if v is not None}
+                                       "pairs_take_within_s": args.pairs_within,
+                                       "split": args.split or None}.items() if v is not None}
         results["throughput"] = throughput(args.data, args.limit, Path(tmp), args.mode == "live", not args.no_check,
                                            args.produce_rate, **overrides)
         print(json.dumps(results["throughput"], indent=2), flush=True)
     if args.skip != "latency":
         results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp), args.model_dir,
-                                     args.text_cache, args.query_every)
+                                     args.text_cache, args.query_every, args.split)
         print(json.dumps(results["latency"], indent=2), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     out = args.out or ROOT / "bench" / "results" / f"stream-{results['dataset']}.json"

@@ -242,17 +242,23 @@ class LagCollector(Collector):
         yield from (lag, end, committed, up)
 
 
-def pipeline_sources(topic_prefix: str, streams_group: str) -> list[LagSource]:
-    """The two consumers of the pipeline: the Faust worker and the refresher."""
+def pipeline_sources(topic_prefix: str, streams_group: str, edges_group: str | None = None) -> list[LagSource]:
+    """The consumers of the pipeline: the Faust workers (one group, or two when the edges agent runs apart:
+    ``edges_group``) and the refresher."""
+    events, pairs = f"{topic_prefix}-events", f"{topic_prefix}-pairs"
+    streams = ([LagSource("streams", streams_group, (events, pairs))]
+               if edges_group in (None, streams_group) else
+               [LagSource("streams", streams_group, (events,)), LagSource("streams", edges_group, (pairs,))])
     return [
-        LagSource("streams", streams_group, (f"{topic_prefix}-events", f"{topic_prefix}-pairs")),
+        *streams,
         LagSource("refresher", refresher_group(topic_prefix),
                   (f"{topic_prefix}-catalog", f"{topic_prefix}-item-updates", f"{topic_prefix}-user-updates")),
     ]
 
 
-def register_lag(registry: CollectorRegistry, bootstrap: str, topic_prefix: str, streams_group: str) -> KafkaLag:
+def register_lag(registry: CollectorRegistry, bootstrap: str, topic_prefix: str, streams_group: str,
+                 edges_group: str | None = None) -> KafkaLag:
     """Register the pipeline's lag collector in ``registry``; returns the probe (the dashboard shares it)."""
-    lag = KafkaLag(bootstrap, pipeline_sources(topic_prefix, streams_group))
+    lag = KafkaLag(bootstrap, pipeline_sources(topic_prefix, streams_group, edges_group))
     registry.register(LagCollector(lag))
     return lag

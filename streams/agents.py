@@ -104,11 +104,29 @@ class StreamConfig:
     datadir: str = "var/faust"
     store: str = "gfm-rocksdb://"
     graph: GraphConfig = field(default_factory=GraphConfig)
+    agents: str = "all"
+    """Which agents this process runs: ``all``, or with the edges agent split into processes of its own, ``events``
+    or ``edges``."""
+    edges_group: str | None = None
+    """The edges agent's consumer group when it runs in processes of its own (``None``: ``app_id``)."""
+
+    def __post_init__(self) -> None:
+        if self.agents not in AGENT_ROLES:
+            raise ValueError(f"agents={self.agents!r}: expected one of {', '.join(AGENT_ROLES)}")
+
+    @property
+    def group(self) -> str:
+        """This process's consumer group (Faust's app id): the edges processes have their own when split, so that
+        neither kind's rebalances or restarts pause the other."""
+        return (self.edges_group or self.app_id) if self.agents == "edges" else self.app_id
 
     def topic(self, name: str) -> str:
         """The full name of one of the project's topics."""
         return f"{self.topic_prefix}-{name}"
 
+
+AGENT_ROLES = ("all", "events", "edges")
+"""What one stream process can run: both agents, or one of them (the edges agent in processes of its own)."""
 
 EXIT_AGENT_CRASHED = 70
 """The stream worker's exit status when an agent failed (EX_SOFTWARE)."""
@@ -635,6 +653,21 @@ class EntryCache(Generic[E]):
         self.entries.clear()
 
 
+def stable_table(app: faust.App, changelog_prefix: str, name: str, **kwargs: Any) -> Any:
+    """A Faust table whose changelog topic is ``<changelog_prefix>-<name>-changelog`` whatever the app's id.
+
+    Faust names a changelog after the app id, which is also the consumer group; the edges agent's processes have a
+    group of their own when split (:attr:`StreamConfig.group`), and their table must keep the one changelog every
+    deployment shape restores from, so that a deployment can be split or joined without losing its state.
+    """
+
+    class StableTable(faust.Table):  # type: ignore[misc]
+        def _changelog_topic_name(self) -> str:
+            return f"{changelog_prefix}-{self.name}-changelog"
+
+    return app.tables.add(StableTable(app, name=name, beacon=app.tables.beacon, **kwargs))
+
+
 def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
     """Build the Faust app with its topics, tables and agents.
 
@@ -646,7 +679,7 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
     from streams.store import rocksdb_options  # importing it registers the gfm-rocksdb:// store
 
     app = faust.App(
-        config.app_id,
+        config.group,
         broker=config.broker,
         store=config.store,
         datadir=config.datadir,
@@ -668,11 +701,13 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
     dead_letters = app.topic(config.topic("dead-letter"), **{**raw, "partitions": 1})
     table: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "partitions": config.partitions,
                              "use_partitioner": True}
+    runs_events = config.agents in ("all", "events")
+    runs_edges = config.agents in ("all", "edges")
     # options: a dict per table (Faust's store pops keys from it)
-    users = app.Table("users", **table, options=rocksdb_options(config.rocksdb_write_buffer_mib,
-                                                                config.rocksdb_block_cache_mib))
-    adjacency = app.Table("adjacency", **table, options=rocksdb_options(config.rocksdb_write_buffer_mib,
-                                                                        config.rocksdb_block_cache_mib))
+    users: Any = stable_table(app, config.app_id, "users", **table, options=rocksdb_options(
+        config.rocksdb_write_buffer_mib, config.rocksdb_block_cache_mib)) if runs_events else None
+    adjacency: Any = stable_table(app, config.app_id, "adjacency", **table, options=rocksdb_options(
+        config.rocksdb_write_buffer_mib, config.rocksdb_block_cache_mib)) if runs_edges else None
 
     async def send_dead(source: str, dead: list[Dead]) -> None:
         for raw_value, error, partition, offset in dead:
@@ -681,8 +716,8 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
             letter = dead_letter(source, raw_value, error, partition, offset)
             await dead_letters.send(value=letter.dumps())
 
-    trackers = {"events": OffsetTracker(), "pairs": OffsetTracker()}
-    watched = (config.topic("events"), config.topic("pairs"))
+    trackers = {name: OffsetTracker() for name, runs in (("events", runs_events), ("pairs", runs_edges)) if runs}
+    watched = tuple(config.topic(name) for name in trackers)
     watch = StallWatch(config.stall_s, dict(zip(watched, trackers.values(), strict=True)))
 
     def stored(table: Any, decode: Callable[[bytes], E]) -> Callable[[bytes], E | None]:
@@ -794,16 +829,19 @@ def create_app(config: StreamConfig, metrics: StreamMetrics) -> faust.App:
             os._exit(EXIT_AGENT_CRASHED)
 
     # take_events (not in faust's type stubs) keeps each message's partition, offset and timestamp
-    @app.agent(events_topic)
     async def process_events(stream: faust.StreamT) -> None:
         takes = stream.take_events(config.take_max, within=config.take_within_s)  # type: ignore[attr-defined]
         async for events in takes:
             await guarded(handle_events, events)
 
-    @app.agent(pairs_topic)
     async def update_edges(stream: faust.StreamT) -> None:
         takes = stream.take_events(config.pairs_take_max, within=config.pairs_take_within_s)  # type: ignore[attr-defined]
         async for events in takes:
             await guarded(handle_pairs, events)
+
+    if runs_events:
+        app.agent(events_topic)(process_events)
+    if runs_edges:
+        app.agent(pairs_topic)(update_edges)
 
     return app

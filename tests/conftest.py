@@ -46,7 +46,7 @@ def make_settings(root: Path, encoder: str = "hashing", model: str = "textprop",
         kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", partitions=2),
         qdrant=QdrantSettings(path=root / "qdrant"),
         api=ApiSettings(port=free_port()),
-        streams=StreamSettings(metrics_port=free_port(), **streams),  # type: ignore[arg-type]
+        streams=StreamSettings(**{"metrics_port": free_port(), "edges_metrics_port": free_port(), **streams}),  # type: ignore[arg-type]
         model=ModelSettings(kind=model, encoder=encoder, text_cache=root / "text-cache"),  # type: ignore[arg-type]
     )
 

@@ -153,8 +153,8 @@ class Pipeline:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         settings = stack.settings
-        self.lag = KafkaLag(settings.kafka.bootstrap, pipeline_sources(settings.kafka.topic_prefix,
-                                                                        settings.streams.app_id), cache_s=0.0)
+        self.lag = KafkaLag(settings.kafka.bootstrap, pipeline_sources(
+            settings.kafka.topic_prefix, settings.streams.app_id, settings.streams.edges_group), cache_s=0.0)
 
     def health(self) -> dict[str, Any]:
         """The API's ``/healthz`` body (empty when it does not answer)."""

@@ -100,6 +100,8 @@ def stream_config(settings: Settings) -> StreamConfig:
         rocksdb_block_cache_mib=settings.streams.rocksdb_block_cache_mib,
         datadir=str(settings.stream_datadir()),
         graph=settings.streams.graph_config(),
+        agents=settings.streams.role,
+        edges_group=settings.streams.edges_group,
     )
 
 
@@ -126,8 +128,9 @@ def run_streams(settings: Settings) -> None:
     ensure_topics(settings.kafka)
     registry = CollectorRegistry()
     register_process(registry)
-    register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id)
-    start_http_server(settings.streams.metrics_port, addr=settings.metrics_host, registry=registry)
+    register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id,
+                 settings.streams.edges_group)
+    start_http_server(settings.streams.own_metrics_port, addr=settings.metrics_host, registry=registry)
     app = create_app(stream_config(settings), StreamMetrics.create(registry))
     register_store_memory(registry, lambda: rocksdb_memory(app.tables.values()))
     tune_gc()
@@ -176,11 +179,14 @@ def attach_monitoring(app: FastAPI, settings: Settings, registry: CollectorRegis
     """The API's share of monitoring: consumer lag and store size in its /metrics, and /dashboard."""
     from monitoring.page import MetricsHistory, dashboard_router, registry_source, url_source
 
-    register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id)
+    register_lag(registry, settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.streams.app_id,
+                 settings.streams.edges_group)
     StoreMetrics.create(registry, store.count_items)
     urls = settings.api.dashboard_sources
     if urls is None:
         urls = [f"http://127.0.0.1:{settings.streams.metrics_port}/metrics"]
+        if settings.streams.split:
+            urls.append(f"http://127.0.0.1:{settings.streams.edges_metrics_port}/metrics")
         if separate_refresher:
             urls.append(f"http://127.0.0.1:{settings.refresher.metrics_port}/metrics")
     history = MetricsHistory({"api": registry_source(registry), **{url: url_source(url) for url in urls}})

@@ -81,6 +81,39 @@ class StreamSettings(BaseModel):
     history_per_type: int = 50
     max_consumed: int = 2000
     max_degree: int = 100
+    split: bool = False
+    """Run the edges agent in stream processes of its own, in the consumer group ``<app_id>-edges``: the events
+    agent then never waits behind an edges micro-batch, and the two use two cores. Every process of a deployment
+    must agree on it (the lag probes read the edges group from it); ``gfm up`` then starts two stream workers."""
+    agents: Literal["all", "events", "edges"] | None = None
+    """What this stream process runs (:attr:`role`): by default ``all``, or ``events`` when ``split``."""
+    edges_metrics_port: int = 9103
+    """Where an edges-only stream worker (``agents=edges``) serves its metrics."""
+
+    @model_validator(mode="after")
+    def _agents_fit_split(self) -> StreamSettings:
+        if self.split and self.agents == "all":
+            raise ValueError("streams.split is set: a stream worker runs either the events agent or the edges agent "
+                             "(GFM_STREAMS__AGENTS=events or edges)")
+        if not self.split and self.agents not in (None, "all"):
+            raise ValueError(f"streams.agents={self.agents!r} needs streams.split: without it one process runs "
+                             "both agents and nothing else would run the other one")
+        return self
+
+    @property
+    def role(self) -> Literal["all", "events", "edges"]:
+        """The agents this stream process runs."""
+        return self.agents or ("events" if self.split else "all")
+
+    @property
+    def own_metrics_port(self) -> int:
+        """Where this stream process serves its metrics."""
+        return self.edges_metrics_port if self.role == "edges" else self.metrics_port
+
+    @property
+    def edges_group(self) -> str:
+        """The consumer group of the edges agent (the events agent's is ``app_id``)."""
+        return f"{self.app_id}-edges" if self.split else self.app_id
 
     def graph_config(self) -> GraphConfig:
         """The graph bounds these settings describe."""
@@ -167,5 +200,6 @@ class Settings(BaseSettings):
         return self
 
     def stream_datadir(self) -> Path:
-        """The stream worker's RocksDB directory."""
-        return self.streams.datadir or self.var_dir / "faust"
+        """The stream worker's RocksDB directory (an edges-only worker's: ``<that>-edges``)."""
+        base = self.streams.datadir or self.var_dir / "faust"
+        return base.with_name(base.name + "-edges") if self.streams.role == "edges" else base

@@ -147,6 +147,8 @@ class Stack:
         env.update(settings_env(settings))
         for service in self.services:
             self._spawn(service, ["worker", service], env)
+            if service == "streams" and settings.streams.split:  # the edges agent in a process of its own
+                self.add_worker("streams-edges", "streams", edges_worker(settings))
         if "api" not in self.services:
             return
 
@@ -179,7 +181,7 @@ class Stack:
 
     def stream_metrics_ports(self) -> list[int]:
         """The metrics ports of every stream worker of the stack."""
-        return [s.streams.metrics_port for _, s in self._stream_workers()]
+        return [s.streams.own_metrics_port for _, s in self._stream_workers()]
 
     def wait_until(self, predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
         """Poll ``predicate`` until it returns something truthy (returned), supervising the children meanwhile.
@@ -239,6 +241,11 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.processes.clear()
+
+
+def edges_worker(settings: Settings) -> Settings:
+    """The settings of the edges-only stream worker of a split deployment (``streams.split``)."""
+    return settings.model_copy(update={"streams": settings.streams.model_copy(update={"agents": "edges"})})
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -26,6 +26,15 @@ def second_worker(settings: Settings, root: Path) -> Settings:
     return settings.model_copy(update={"streams": streams})
 
 
+def assert_restarts_explained(stack: Stack, names: tuple[str, ...], killed: str | None) -> None:
+    """Any restart beyond the test's kill of ``killed`` must be the offset-hole rule at work (as in
+    test_faults.py), never a crash."""
+    for name in names:
+        log = (stack.settings.var_dir / "logs" / f"{name}.log").read_text()
+        kills = int(name == killed)
+        assert len(stack.restarts.get(name, [])) == kills + log.count("stream agent crashed: OffsetGap"), log[-2000:]
+
+
 def events_seen(port: int) -> float:
     return stream_metric(port, "gfm_stream_events_total")
 
@@ -99,12 +108,7 @@ def test_two_stream_workers_build_exactly_what_one_builds(tmp_path, fault):
                   for name, port in (("streams", first_port), ("streams-2", second.streams.metrics_port))}
         for name, counts in worked.items():
             assert name in stack.restarts or all(counts), worked
-        # Any restart beyond the kill must be the offset-hole rule at work (as in test_faults.py), never a crash.
-        for name in ("streams", "streams-2"):
-            log = (settings.var_dir / "logs" / f"{name}.log").read_text()
-            killed = int(fault is not None and name == "streams")
-            assert len(stack.restarts.get(name, [])) == killed + log.count("stream agent crashed: OffsetGap"), \
-                log[-2000:]
+        assert_restarts_explained(stack, ("streams", "streams-2"), "streams" if fault is not None else None)
     finally:
         stack.stop()
 
@@ -156,4 +160,39 @@ def test_two_refresher_replicas_write_the_vectors_of_one_refresher(tmp_path):
         for loop in [*replicas, *([alone] if alone else [])]:
             loop.stop()
         store.close()
+        stack.stop()
+
+
+@pytest.mark.parametrize("fault", [None, signal.SIGKILL], ids=["steady", "kill-9-edges-worker"])
+def test_split_edges_worker_builds_exactly_what_one_worker_builds(tmp_path, fault):
+    """`GFM_STREAMS__SPLIT`: `gfm up` runs the events agent and the edges agent in two stream workers, each in its
+    own consumer group, the edges worker's table on the same changelog topic as an unsplit worker's. Every user
+    state and adjacency equals build_graph on the same events (past the degree cap: the fold of the pairs topic),
+    also when the edges worker is killed with SIGKILL mid-replay and restarted by the supervisor; each worker ran
+    only its own agent."""
+    settings = make_settings(tmp_path, max_degree=10, split=True)
+    stack = Stack(settings, services=("streams",), policy=RestartPolicy(backoff_s=0.2))
+    stack.start()
+    try:
+        assert {"streams", "streams-edges"} <= set(stack.processes)
+        events = synthetic_events()
+        cut = 2 * len(events) // 3
+        sink = EventSink(make_producer(settings.kafka), settings.kafka)
+        killed = False
+        for start in range(0, len(events), 60):
+            if start >= cut and fault is not None and not killed:
+                stack.kill("streams-edges", fault)
+                killed = True
+            stack.check()
+            sink.send(events[start : start + 60])
+            time.sleep(0.1)
+        sink.producer.close()
+        result, _ = wait_for_the_fold(stack, reference(events, settings.streams.graph_config()), limit_s=180)
+        assert result.items_capped > 0
+        assert result.exact, result.as_dict()
+        events_port, edges_port = settings.streams.metrics_port, settings.streams.edges_metrics_port
+        assert events_seen(events_port) > 0 and stream_metric(events_port, "gfm_graph_pairs_total") == 0
+        assert stream_metric(edges_port, "gfm_graph_pairs_total") > 0 and events_seen(edges_port) == 0
+        assert_restarts_explained(stack, ("streams", "streams-edges"), "streams-edges" if fault is not None else None)
+    finally:
         stack.stop()
