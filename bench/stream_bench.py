@@ -332,9 +332,11 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 
 def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, model_dir: Path | None = None,
-            text_cache: Path | None = None, query_every: int = 0, split: bool = False) -> dict[str, Any]:
+            text_cache: Path | None = None, query_every: int = 0, split: bool = False,
+            pairs_within: float | None = None) -> dict[str, Any]:
+    extra = {} if pairs_within is None else {"pairs_take_within_s": pairs_within}
     settings = make_settings(root / "latency", encoder=encoder, model="gfm" if model_dir else "textprop",
-                             split=split)
+                             split=split, **extra)
     settings = settings.model_copy(update={"model": settings.model.model_copy(update={
         "dir": model_dir, "text_cache": text_cache or settings.model.text_cache})})
     broker = start_broker(settings.kafka.bootstrap, root / "broker2.log")
@@ -416,6 +418,8 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
         result: dict[str, Any] = {
             "rate": rate,
             "seconds": seconds,
+            "split": split,
+            "pairs_take_within_s": settings.streams.pairs_take_within_s,
             "events_sent": sent.sent,
             "achieved_rate": round(sent.events_per_s),
             "model": model.version,
@@ -495,7 +499,7 @@ def main() -> None:
         print(json.dumps(results["throughput"], indent=2), flush=True)
     if args.skip != "latency":
         results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp), args.model_dir,
-                                     args.text_cache, args.query_every, args.split)
+                                     args.text_cache, args.query_every, args.split, args.pairs_within)
         print(json.dumps(results["latency"], indent=2), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     out = args.out or ROOT / "bench" / "results" / f"stream-{results['dataset']}.json"

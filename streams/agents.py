@@ -94,7 +94,7 @@ class StreamConfig:
     take_max: int = 100
     pairs_take_max: int = 500
     take_within_s: float = 0.1
-    pairs_take_within_s: float = 0.1
+    pairs_take_within_s: float = 1.0
     stall_s: float = 30.0
     min_stream_ms: int = 30_000
     producer_max_batch_size: int = 1
