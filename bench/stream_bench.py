@@ -151,7 +151,7 @@ def throughput(data: Path, limit: int | None, root: Path, live: bool, check: boo
 
         if live:
             workers = [start_worker(s) for s in worker_settings(settings)]
-            warm_up(sink, settings.streams.metrics_port, workers[0],
+            warm_up(sink, settings.streams.metrics_port, workers,
                     settings.streams.edges_metrics_port if settings.streams.split else None)
         else:
             produce()
@@ -238,24 +238,25 @@ WARM_UP_CONSUMPTION = ListenEvent(event_id="bench:warm-up-2", user_id="bench:war
 starts; a real consumption (its item's trend levels), so the state check folds it with the events."""
 
 
-def warm_up(sink: EventSink, metrics_port: int, worker: subprocess.Popen[bytes], edges_port: int | None = None) -> None:
+def warm_up(sink: EventSink, metrics_port: int, workers: list[subprocess.Popen[bytes]],
+            edges_port: int | None = None) -> None:
     """Wait until the idle worker has processed one event (a preview: no state change), so that start-up and
     the consumer group's join are not timed; with ``edges_port`` (split), then until the edges worker has folded
     :data:`WARM_UP_CONSUMPTION`."""
     sink.send([ListenEvent(event_id="bench:warm-up", user_id="bench:warm-up", item_id="bench:warm-up",
                            item_type="bench", ts=1.0, kind="preview")])
-    wait_for(lambda: events_seen(scrape(metrics_port)) >= 1, worker, "the worker to process the warm-up event")
+    wait_for(lambda: events_seen(scrape(metrics_port)) >= 1, workers, "the worker to process the warm-up event")
     if edges_port is not None:
         sink.send([WARM_UP_CONSUMPTION])
-        wait_for(lambda: scrape(edges_port).get("gfm_trend_consumptions_total", 0.0) >= 1, worker,
+        wait_for(lambda: scrape(edges_port).get("gfm_trend_consumptions_total", 0.0) >= 1, workers,
                  "the edges worker to fold the warm-up consumption")
 
 
-def wait_for(done: Any, worker: subprocess.Popen[bytes], what: str) -> None:
+def wait_for(done: Any, workers: list[subprocess.Popen[bytes]], what: str) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"worker exited while waiting for {what}")
+        if any(w.poll() is not None for w in workers):
+            raise RuntimeError(f"a stream worker exited while waiting for {what}")
         try:
             if done():
                 return

@@ -494,8 +494,9 @@ class StallWatch:
     the committed offset; with neither known, behind as soon as a message was drained). A partition stays behind
     for a while in normal work (a micro-batch fills, an agent is busy). It has *stalled* when it has been behind
     for ``stall_s`` while its agent was idle and started no micro-batch: a healthy agent takes whatever was fetched
-    within its batch window (0.1 s by default). Time in which the watch itself did not run (checks more than
-    ``max_gap_s`` apart: the event loop was blocked, so the agents could not run either) does not count.
+    within its batch window (by default 0.1 s for events, 1 s for pairs). Time in which the watch itself did not
+    run (checks more than ``max_gap_s`` apart: the event loop was blocked, so the agents could not run either) does
+    not count.
     """
 
     stall_s: float

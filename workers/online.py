@@ -132,7 +132,8 @@ def stack_settings(settings: Settings, root: Path, model_dir: Path, ports: Calla
         "var_dir": root,
         "kafka": settings.kafka.model_copy(update=kafka),
         "api": settings.api.model_copy(update={"host": "127.0.0.1", "port": ports()}),
-        "streams": settings.streams.model_copy(update={"metrics_port": ports(), "datadir": None}),
+        "streams": settings.streams.model_copy(update={"metrics_port": ports(), "edges_metrics_port": ports(),
+                                                       "datadir": None}),
         "qdrant": settings.qdrant.model_copy(update={"url": None, "path": root / "qdrant", "hnsw_ef": None}),
         "model": settings.model.model_copy(update={"kind": "gfm", "dir": model_dir}),
     })

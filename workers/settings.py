@@ -202,6 +202,8 @@ class Settings(BaseSettings):
         return self
 
     def stream_datadir(self) -> Path:
-        """The stream worker's RocksDB directory (an edges-only worker's: ``<that>-edges``)."""
-        base = self.streams.datadir or self.var_dir / "faust"
-        return base.with_name(base.name + "-edges") if self.streams.role == "edges" else base
+        """The stream worker's RocksDB directory: ``streams.datadir`` when set (each worker's own, as in
+        docker-compose), else ``var_dir/faust`` (an edges-only worker's: ``var_dir/faust-edges``)."""
+        if self.streams.datadir is not None:
+            return self.streams.datadir
+        return self.var_dir / ("faust-edges" if self.streams.role == "edges" else "faust")

@@ -142,6 +142,9 @@ class Stack:
             # local table state (and the offsets recorded in it) belongs to a log that no longer exists
             shutil.rmtree(settings.stream_datadir(), ignore_errors=True)
             self.processes["broker"] = start_broker(settings.kafka.bootstrap, settings.var_dir / "logs/broker.log")
+        if settings.streams.agents is not None:
+            raise ValueError(f"streams.agents={settings.streams.agents!r}: `gfm up` assigns its stream workers' "
+                             "agents itself (unset GFM_STREAMS__AGENTS; GFM_STREAMS__SPLIT chooses the shape)")
         ensure_topics(settings.kafka)
         env = dict(os.environ)
         env.update(settings_env(settings))
@@ -244,8 +247,14 @@ class Stack:
 
 
 def edges_worker(settings: Settings) -> Settings:
-    """The settings of the edges-only stream worker of a split deployment (``streams.split``)."""
-    return settings.model_copy(update={"streams": settings.streams.model_copy(update={"agents": "edges"})})
+    """The settings of the edges-only stream worker of a split deployment (``streams.split``): its own metrics port
+    (``streams.edges_metrics_port``) and RocksDB directory (``<datadir>-edges`` beside an explicit one)."""
+    if not settings.streams.split:
+        raise ValueError("an edges-only stream worker needs streams.split")
+    update: dict[str, object] = {"agents": "edges"}
+    if settings.streams.datadir is not None:
+        update["datadir"] = settings.streams.datadir.with_name(settings.streams.datadir.name + "-edges")
+    return settings.model_copy(update={"streams": settings.streams.model_copy(update=update)})
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -47,6 +47,13 @@ def test_an_edges_worker_has_its_own_metrics_port_and_rocksdb_directory(tmp_path
     assert (settings.stream_datadir(), edges.stream_datadir()) == (tmp_path / "faust", tmp_path / "faust-edges")
 
 
+def test_an_explicit_datadir_gets_a_sibling_for_the_edges_worker(tmp_path):
+    settings = Settings(var_dir=tmp_path, streams=StreamSettings(split=True, datadir=tmp_path / "data" / "streams"))
+    assert edges_worker(settings).stream_datadir() == tmp_path / "data" / "streams-edges"
+    with pytest.raises(ValueError, match="needs streams.split"):
+        edges_worker(Settings(var_dir=tmp_path))
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"split": True, "agents": "all"}, "runs either the events agent or the edges agent"),
     ({"agents": "edges"}, "needs streams.split"),
