@@ -131,7 +131,8 @@ class RefresherSettings(BaseModel):
     """The refresher's micro-batches."""
 
     batch_max: int = Field(5000, ge=1, description="refresh requests per micro-batch")
-    wait_ms: int = Field(100, ge=1, description="longest wait for a micro-batch to fill")
+    wait_ms: int = Field(100, ge=1, description="longest wait for a micro-batch to fill, and for the broker to "
+                                                "answer a fetch (its consumers' fetch_max_wait_ms)")
     dependents_per_batch: int = Field(
         2000, ge=1, description="items and users of the frontier (indirectly changed) refreshed per micro-batch"
     )
