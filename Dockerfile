@@ -2,7 +2,9 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-COPY pyproject.toml README.md ./
+# gcc builds the C merge (models/_graphc.c); the image's Python ships its headers
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY streams streams
 COPY models models
 COPY workers workers

@@ -31,6 +31,8 @@ from itertools import islice, repeat
 from operator import itemgetter
 from typing import Any
 
+from models import _graphc
+
 UserState = dict[str, Any]
 Adjacency = dict[str, list[Any]]
 
@@ -133,19 +135,19 @@ def merge_neighbour(adjacency: Adjacency, dst: str, dst_type: str, ts: float, ma
     merge_neighbours(adjacency, (dst, dst_type, ts), max_degree)
 
 
-def merge_neighbours(adjacency: Adjacency, flat: Sequence[Any], max_degree: int, start: int = 0) -> None:
-    """Add pairs ``(src, dst)`` to ``adjacency`` (that of ``src``), in order, in place, under the degree rule.
+merge_neighbours = _graphc.merge_neighbours
+"""``merge_neighbours(adjacency, flat, max_degree, start=0)``: add pairs ``(src, dst)`` to ``adjacency`` (that of
+``src``), in order, in place, under the degree rule; ``flat`` is ``dst, dst_type, ts, dst, dst_type, ts, ...`` from
+index ``start`` on (the layout of a pair group, see ``streams.agents.pack_pairs``), so that a group is merged without
+copying it.
 
-    Args:
-        adjacency: the source item's adjacency.
-        flat: ``dst, dst_type, ts, dst, dst_type, ts, ...`` from index ``start`` on (the layout of a pair group,
-            see ``streams.agents.pack_pairs``), so that a group is merged without copying it.
-        max_degree: the degree cap.
-        start: where the first triple begins in ``flat``.
+The hot loop of the edges agent (tens of millions of pairs) and of :func:`build_graph`, written once for both, in C
+(``models/_graphc.c``): in Python the merge and its prune took about half of the stream worker's CPU. Its definition
+is :func:`merge_neighbours_reference`, which the tests hold it to on random streams."""
 
-    The same result as :func:`merge_neighbour` on each triple in turn: this is the hot loop of the edges agent
-    (tens of millions of pairs), written once here for both.
-    """
+
+def merge_neighbours_reference(adjacency: Adjacency, flat: Sequence[Any], max_degree: int, start: int = 0) -> None:
+    """What :data:`merge_neighbours` does, in Python: the definition, kept as the tests' oracle."""
     cap = 2 * max_degree
     get = adjacency.get
     triples = islice(flat, start, None)
@@ -162,11 +164,7 @@ def merge_neighbours(adjacency: Adjacency, flat: Sequence[Any], max_degree: int,
 
 
 def _prune(adjacency: Adjacency, max_degree: int) -> None:
-    """Keep the ``max_degree`` neighbours with the highest ``(weight, last_ts, item_id)``, heaviest first.
-
-    The ranking keys are built with C-level iterators (``map``/``zip``/``itemgetter``): a prune ranks
-    ``2 * max_degree`` rows and the edges agent prunes tens of thousands of times per minute.
-    """
+    """Keep the ``max_degree`` neighbours with the highest ``(weight, last_ts, item_id)``, heaviest first."""
     rows = adjacency.values()
     ranked = sorted(zip(map(_SECOND, rows), map(_THIRD, rows), adjacency, strict=True), reverse=True)  # weight, ts
     kept = [(dst, adjacency[dst]) for _, _, dst in ranked[:max_degree]]

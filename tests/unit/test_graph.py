@@ -1,8 +1,20 @@
+import copy
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from models.graph import CoGraph, GraphConfig, apply_consumption, build_graph, merge_neighbour, new_user_state
+from models.graph import (
+    CoGraph,
+    GraphConfig,
+    apply_consumption,
+    build_graph,
+    merge_neighbour,
+    merge_neighbours,
+    merge_neighbours_reference,
+    new_user_state,
+)
 from models.synthetic import generate
 from streams.agents import StreamConfig
 from streams.testing import LogHarness
@@ -105,3 +117,52 @@ def test_cograph_edges_lists_every_directed_edge():
     graph.consume("1", "u", "a", "t", 1.0)
     graph.consume("2", "u", "b", "t", 2.0)
     assert sorted(graph.edges()) == [("a", "b", 1), ("b", "a", 1)]
+
+
+# The merge runs in C (models/_graphc.c); its definition is the Python reference. Same adjacency, same order (the
+# order of an adjacency reaches the HGNN's edge lists), on streams built to hit every branch: repeated and new
+# neighbours, prunes, ties on weight and on time, int and float times (and equal values of both), a NaN, weights and
+# times outside the C fast path (big ints, bools), tuples as entries.
+_NEIGHBOURS = st.sampled_from([f"n{k}" for k in range(12)])
+_TIMES = st.one_of(st.integers(0, 5), st.sampled_from([0.0, 1.0, 2.5, -0.0, 2**60, 2**53 + 1, 1e300]),
+                   st.floats(0, 5, allow_nan=False))
+
+
+@settings(max_examples=400, deadline=None)
+@given(triples=st.lists(st.tuples(_NEIGHBOURS, st.sampled_from(["film", "family"]), _TIMES), max_size=80),
+       max_degree=st.integers(1, 5), start_weights=st.lists(st.sampled_from([1, 2, 3, 2**70, True]), max_size=6),
+       split=st.integers(0, 80))
+def test_c_merge_equals_the_python_reference(triples, max_degree, start_weights, split):
+    start = {f"n{k}": ["film", w, float(k)] for k, w in enumerate(start_weights)}
+    ours, reference = copy.deepcopy(start), copy.deepcopy(start)
+    flat = [x for triple in triples for x in triple]
+    head = ["src", "film", 0, 0, []]
+    merge_neighbours(ours, head + flat[: 3 * split], max_degree, start=len(head))  # a group, as the agent merges it
+    merge_neighbours(ours, tuple(flat[3 * split :]), max_degree)  # and a plain tuple
+    merge_neighbours_reference(reference, head + flat[: 3 * split], max_degree, start=len(head))
+    merge_neighbours_reference(reference, tuple(flat[3 * split :]), max_degree)
+    assert list(ours.items()) == list(reference.items())
+    assert all(type(a[1]) is type(b[1]) and type(a[2]) is type(b[2])
+               for a, b in zip(ours.values(), reference.values(), strict=True))
+
+
+def test_c_merge_matches_the_reference_on_a_nan_and_on_tuple_entries():
+    for entries in ({"a": ["t", 1, float("nan")], "b": ["t", 1, 1.0]}, {"a": ("t", 1, 1.0)}):
+        ours, reference = copy.deepcopy(entries), copy.deepcopy(entries)
+        flat = ["c", "t", 2.0, "d", "t", float("nan"), "e", "t", 0.5, "b", "t", 3.0]
+        errors = []
+        for adjacency, merge in ((ours, merge_neighbours), (reference, merge_neighbours_reference)):
+            try:
+                merge(adjacency, flat, 2)
+            except TypeError as error:  # a tuple entry cannot be reinforced, in either
+                errors.append(type(error))
+        assert str(ours) == str(reference) and len(errors) in (0, 2)
+
+
+def test_c_merge_rejects_what_is_not_an_adjacency():
+    with pytest.raises(TypeError):
+        merge_neighbours([], ["a", "t", 1.0], 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_degree"):
+        merge_neighbours({}, ["a", "t", 1.0], 0)
+    with pytest.raises(TypeError, match="sequence"):
+        merge_neighbours({}, 5, 2)  # type: ignore[arg-type]
