@@ -96,6 +96,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         stall_s=settings.streams.stall_s,
         min_stream_ms=settings.streams.min_stream_ms,
         producer_max_batch_size=settings.streams.producer_max_batch_size,
+        output_max_batch_size=settings.streams.output_max_batch_size,
         rocksdb_write_buffer_mib=settings.streams.rocksdb_write_buffer_mib,
         rocksdb_block_cache_mib=settings.streams.rocksdb_block_cache_mib,
         datadir=str(settings.stream_datadir()),

@@ -65,8 +65,12 @@ class StreamSettings(BaseModel):
                                "*Freshness*)")
     min_stream_ms: int = Field(30_000, ge=0, description="a stream shorter than this is not a consumption")
     producer_max_batch_size: int = Field(
-        1, ge=1, description="1 for tansu, whose wrong end offsets lose table updates on restore otherwise"
+        1, ge=1, description="Faust's producer, which writes the tables' changelogs: 1 for tansu, whose wrong end "
+                             "offsets lose table updates on restore otherwise"
     )
+    output_max_batch_size: int = Field(
+        16_384, ge=1, description="bytes per batch and partition of the agents' outputs (pairs, refresh requests, "
+                                  "dead letters), which nothing restores from (streams.agents.Outputs)")
     stall_s: float = Field(
         30.0, gt=0, description="an agent that has not started a micro-batch for this long while messages it was "
                                 "fetched wait makes the worker exit, so that its supervisor restarts it (see "
