@@ -75,12 +75,16 @@ def partition_lag(end: int, committed: int | None, beginning: int) -> int:
     return max(0, end - start)
 
 
-def true_end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition],
-                     timeout_s: float = 2.0) -> dict[TopicPartition, int]:
+def true_end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition], timeout_s: float = 2.0,
+                     strict: bool = False) -> dict[TopicPartition, int]:
     """The offset after each partition's last record, right on Apache Kafka and on tansu (module docstring).
 
     ``consumer`` must have no group subscription; it is assigned to ``partitions`` for the measurement and
     unassigned after it (so that no high watermark of an earlier measurement is read as a fresh one).
+
+    Raises:
+        TimeoutError: with ``strict``, naming the partitions whose fetch got no answer within ``timeout_s``
+            (otherwise their reported end is used: right for a lag figure, wrong for a table restore).
     """
     reported: dict[TopicPartition, int] = consumer.end_offsets(partitions)
     ends = dict(reported)
@@ -88,14 +92,18 @@ def true_end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition],
     if not probe:
         return ends
     try:
-        _probe_ends(consumer, probe, reported, ends, timeout_s)
+        unanswered = _probe_ends(consumer, probe, reported, ends, timeout_s)
     finally:
         consumer.unsubscribe()
+    if strict and unanswered:
+        raise TimeoutError(f"no fetch answer within {timeout_s} s for {sorted(map(tuple, unanswered))}: their true end "
+                           "offsets are unknown")
     return ends
 
 
 def _probe_ends(consumer: KafkaConsumer, probe: list[TopicPartition], reported: dict[TopicPartition, int],
-                ends: dict[TopicPartition, int], timeout_s: float) -> None:
+                ends: dict[TopicPartition, int], timeout_s: float) -> set[TopicPartition]:
+    """Fill ``ends`` from a fetch of each partition's last batch; returns the partitions that got no answer."""
     consumer.assign(probe)
     for tp in probe:
         consumer.seek(tp, reported[tp] - 1)
@@ -116,6 +124,7 @@ def _probe_ends(consumer: KafkaConsumer, probe: list[TopicPartition], reported: 
             ends[tp] = max(ends[tp], high)
     if waiting:
         log.debug("lag probe: no fetch answer for %s within %.1f s; using the reported end", waiting, timeout_s)
+    return waiting
 
 
 class KafkaLag:

@@ -65,8 +65,9 @@ class StreamSettings(BaseModel):
                                "*Freshness*)")
     min_stream_ms: int = Field(30_000, ge=0, description="a stream shorter than this is not a consumption")
     producer_max_batch_size: int = Field(
-        1, ge=1, description="Faust's producer, which writes the tables' changelogs: 1 for tansu, whose wrong end "
-                             "offsets lose table updates on restore otherwise"
+        16_384, ge=1, description="bytes per batch and partition of Faust's producer, which writes the tables' "
+                                  "changelogs (restores read to the true end offsets, streams.transport: tansu's "
+                                  "reported ones are short of a batch)"
     )
     output_max_batch_size: int = Field(
         16_384, ge=1, description="bytes per batch and partition of the agents' outputs (pairs, refresh requests, "
