@@ -100,8 +100,9 @@ class StreamConfig:
     pairs_take_within_s: float = 1.0
     stall_s: float = 30.0
     min_stream_ms: int = 30_000
-    producer_max_batch_size: int = 1
-    """Faust's producer, which writes the tables' changelogs: 1 for tansu (see ``workers.settings``)."""
+    producer_max_batch_size: int = 16_384
+    """Bytes per batch of Faust's producer, which writes the tables' changelogs (see ``streams.transport`` for why
+    that is safe on tansu)."""
     output_max_batch_size: int = 16_384
     """The agents' outputs' producer (:class:`Outputs`): batches of this many bytes per partition."""
     cache_entries: int = 20_000
@@ -663,16 +664,14 @@ class EntryCache(Generic[E]):
 class Outputs:
     """The agents' outputs (pairs, refresh requests, rerouted events, dead letters) on a Kafka producer of their own.
 
-    Why not Faust's producer: on tansu that one must send one record per batch (``producer_max_batch_size=1``: with
-    larger batches tansu reports wrong end offsets and a table restored from its changelog loses updates), and a
-    partition takes one batch per round trip, so a micro-batch that writes thousands of item updates waited for a
-    round trip per record and partition before it could write its state. Outputs are never restored from, so they
-    are batched (``output_max_batch_size``); the changelogs stay on Faust's producer. At 1,000 events/s (README
-    *Freshness*): event -> user update produced p95 0.73 -> 0.57 s, item vectors p95 4.6-5.3 -> 3.0-3.2 s; the
-    throughput at full speed did not change (the changelog's one-record batches are its cost). Rule 2 holds as before:
-    :meth:`flush` awaits the acknowledgement of every record sent, and raises the first delivery error, before the
-    batch's table writes. Started on first use (an agent's first batch may come before the app's services start),
-    stopped with the app.
+    Faust's producer carries the tables' changelogs. Kept apart, the outputs are batched whatever that producer's
+    batch size (it sent one record per batch until restores read the true end offsets, ``streams.transport``; with
+    that, a micro-batch's thousands of refresh requests waited for a round trip per record and partition: moving
+    them here took the stream's share of a user's latency at 1,000 events/s from p95 0.73 to 0.57 s and item
+    vectors from p95 4.6-5.3 to 3.0-3.2 s, README *Freshness*), and rule 2 waits for exactly this batch's outputs:
+    :meth:`flush` awaits the acknowledgement of every record sent since the last flush, not the changelog records
+    still in flight, and raises the first delivery error, so such a batch writes no state and stops the worker.
+    Started on first use (an agent's first batch may come before the app's services start), stopped with the app.
     """
 
     def __init__(self, bootstrap: str, client_id: str, max_batch_size: int,
