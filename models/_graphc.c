@@ -267,16 +267,42 @@ fail:
     return NULL;
 }
 
+/* well_typed_triples(flat, start): whether every (dst, dst_type, ts) from flat[start] on is (a non-empty str, a
+ * non-empty str, an int or a float), exact types, read a column at a time as the slices flat[start::3],
+ * flat[start+1::3] and flat[start+2::3] would be (a trailing partial triple included). */
+static PyObject *well_typed_triples(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "well_typed_triples(flat: list, start: int)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    if (start < 0) start = 0;
+    PyObject *flat = args[0];
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(flat); i++) {
+        PyObject *x = PyList_GET_ITEM(flat, i);
+        if ((i - start) % 3 == 2) {
+            if (!PyLong_CheckExact(x) && !PyFloat_CheckExact(x)) Py_RETURN_FALSE;
+        } else if (!PyUnicode_CheckExact(x) || PyUnicode_GET_LENGTH(x) == 0) {
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"merge_neighbours", (PyCFunction)(void (*)(void))merge_neighbours, METH_VARARGS | METH_KEYWORDS,
      "merge_neighbours(adjacency, flat, max_degree, start=0)\n--\n\n"
      "Add the (dst, dst_type, ts) triples of flat[start:] to adjacency, in order, in place, under the degree rule "
      "(see models.graph)."},
+    {"well_typed_triples", (PyCFunction)(void (*)(void))well_typed_triples, METH_FASTCALL,
+     "well_typed_triples(flat, start)\n--\n\n"
+     "Whether every (dst, dst_type, ts) of flat[start:] is (non-empty str, non-empty str, int or float)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "models._graphc",
-                                    "The degree-capped merge of co-interaction pairs, in C (see models.graph).", -1,
+                                    "The degree-capped merge of co-interaction pairs and the check of their triples, in C (see models.graph).", -1,
                                     methods};
 
 PyMODINIT_FUNC PyInit__graphc(void) { return PyModule_Create(&module); }

@@ -69,6 +69,7 @@ import orjson
 from kafka.partitioner.default import murmur2
 
 from models import trend
+from models._graphc import well_typed_triples
 from models.graph import Adjacency, GraphConfig, UserState, apply_consumption, merge_neighbours, new_user_state
 from monitoring.metrics import StreamMetrics
 from streams.errors import InvalidRecord
@@ -355,17 +356,14 @@ def decode_pairs(raw: bytes | None) -> list[list[Any]]:
 
 GROUP_HEAD = 5
 """Where a group's ``(dst, dst_type, ts)`` triples begin (see :func:`pack_pairs`)."""
-_STR = frozenset({str})
 _NUMBER = frozenset({int, float})
 
 
 def _well_typed(group: list[Any]) -> bool:
-    """Whether every ``(dst, dst_type, ts)`` of a group is well typed: checked a column at a time, in C, because
-    this runs for every one of the tens of millions of pairs (the per-pair loop is :func:`_name_bad_pair`).
-    JSON has no NaN or infinity (``load_json`` is strict), so a number is a finite int or float."""
-    dst, dst_type, ts = group[GROUP_HEAD::3], group[GROUP_HEAD + 1 :: 3], group[GROUP_HEAD + 2 :: 3]
-    return (set(map(type, dst)) <= _STR and set(map(type, dst_type)) <= _STR and "" not in dst
-            and "" not in dst_type and set(map(type, ts)) <= _NUMBER)
+    """Whether every ``(dst, dst_type, ts)`` of a group is well typed: non-empty strings and a number (an int or a
+    float; JSON has no NaN or infinity, ``load_json`` is strict). In C (:func:`models._graphc.well_typed_triples`),
+    because this runs for every one of the tens of millions of pairs; :func:`_name_bad_pair` names the culprit."""
+    return well_typed_triples(group, GROUP_HEAD)
 
 
 def _name_bad_pair(group: list[Any]) -> None:

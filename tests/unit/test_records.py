@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.agents import StreamConfig, counts_as_consumption, fold_events, partition_for
 from streams.errors import InvalidRecord
@@ -125,3 +127,19 @@ def test_an_item_value_from_before_the_levels_is_refused_by_name():
 
     with pytest.raises(StaleState, match="no trend levels"):
         decode_item(b'{"type": "podcast", "offsets": {"0": 3}, "adj": {}}')
+
+
+_JSONISH = st.one_of(st.text(max_size=3), st.integers(-3, 3), st.floats(allow_nan=False), st.booleans(), st.none(),
+                     st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=500, deadline=None)
+@given(flat=st.lists(_JSONISH, max_size=14), start=st.integers(0, 6))
+def test_the_pair_triples_check_in_c_is_its_python_definition(flat, start):
+    from models._graphc import well_typed_triples
+
+    # the definition: a column at a time, exact types, no empty string
+    dst, dst_type, ts = flat[start::3], flat[start + 1 :: 3], flat[start + 2 :: 3]
+    expected = (set(map(type, dst)) <= {str} and set(map(type, dst_type)) <= {str} and "" not in dst
+                and "" not in dst_type and set(map(type, ts)) <= {int, float})
+    assert well_typed_triples(flat, start) is expected
