@@ -21,7 +21,7 @@
 typedef struct {
     long long weight;
     double ts;
-    PyObject *key;   /* borrowed from the adjacency until it is cleared; then owned (see prune) */
+    PyObject *key;   /* borrowed from the adjacency; prune takes its own references to the kept ones */
     PyObject *value;
 } Row;
 
@@ -182,8 +182,9 @@ static int later(PyObject *ts, PyObject *current) {
     return PyObject_RichCompareBool(ts, current, Py_GT);
 }
 
-/* entry[1] += 1; if ts > entry[2]: entry[2] = ts (a list fast; any sequence as Python would). */
-static int reinforce(PyObject *entry, PyObject *ts, PyObject *one, PyObject *index1, PyObject *index2) {
+/* entry[1] += 1; if ts > entry[2]: entry[2] = ts (a list fast; any sequence as Python would). `one` is both the
+ * increment and the index 1. */
+static int reinforce(PyObject *entry, PyObject *ts, PyObject *one, PyObject *index2) {
     if (PyList_CheckExact(entry) && PyList_GET_SIZE(entry) >= 3) {
         PyObject *weight = PyNumber_InPlaceAdd(PyList_GET_ITEM(entry, 1), one);
         if (weight == NULL) return -1;
@@ -194,12 +195,12 @@ static int reinforce(PyObject *entry, PyObject *ts, PyObject *one, PyObject *ind
         if (gt && PyList_GET_SIZE(entry) >= 3) PyList_SetItem(entry, 2, Py_NewRef(ts));
         return 0;
     }
-    PyObject *weight = PyObject_GetItem(entry, index1);
+    PyObject *weight = PyObject_GetItem(entry, one);
     if (weight == NULL) return -1;
     PyObject *added = PyNumber_InPlaceAdd(weight, one);
     Py_DECREF(weight);
     if (added == NULL) return -1;
-    int status = PyObject_SetItem(entry, index1, added);
+    int status = PyObject_SetItem(entry, one, added);
     Py_DECREF(added);
     if (status < 0) return -1;
     PyObject *current = PyObject_GetItem(entry, index2);
@@ -235,7 +236,7 @@ static PyObject *merge_neighbours(PyObject *Py_UNUSED(self), PyObject *args, PyO
         PyObject *entry = PyDict_GetItemWithError(adjacency, dst);
         if (entry != NULL) {
             Py_INCREF(entry);
-            status = reinforce(entry, ts, one, one, index2);
+            status = reinforce(entry, ts, one, index2);
             Py_DECREF(entry);
         } else if (PyErr_Occurred()) {
             status = -1;

@@ -64,7 +64,8 @@ class _Consumer(driver.Consumer):
 
 
 class Transport(driver.Transport):
-    """The aiokafka transport whose worker consumer waits at most ``FETCH_MAX_WAIT_MS`` per fetch."""
+    """The aiokafka transport whose worker consumer waits at most ``FETCH_MAX_WAIT_MS`` per fetch and restores
+    tables to the true end offsets."""
 
     Consumer = _Consumer
 
