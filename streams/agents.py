@@ -394,12 +394,17 @@ def fold_pairs(
     lookup_item: Callable[[str], ItemEntry | None],
     max_degree: int,
 ) -> PairBatch:
-    """Merge a micro-batch of pair messages ``(value, partition, offset)`` into item adjacencies, in order, and
-    their consumptions into the items' trend levels, skipping every group whose origin the item has merged
-    already. A batch's consumptions are gathered per item and folded once per item and time constant
+    """Merge a micro-batch of pair messages ``(value, partition, offset)`` into item adjacencies, and their
+    consumptions into the items' trend levels, skipping every group whose origin the item has merged already.
+
+    Each item's groups are merged in the order they arrived, one item after the other (first arrival first): an
+    item's adjacency depends only on the order of its own groups, so this equals merging message by message, and
+    each adjacency stays in the CPU's caches while all of the batch's pairs for it are merged (the merge is
+    memory-bound: 2.3 -> 1.5 CPU-s for the first 100k movielens events in batches of 175 messages, README
+    *Throughput*). A batch's consumptions are gathered per item and folded once per item and time constant
     (:func:`fold_levels`): the fold is order-free, so this equals folding them one by one."""
     batch = PairBatch()
-    consumed: dict[str, list[float]] = {}
+    by_item: dict[str, list[list[Any]]] = {}
     for raw, partition, offset in messages:
         try:
             groups = decode_pairs(raw)
@@ -407,9 +412,16 @@ def fold_pairs(
             batch.dead.append((raw, error, partition, offset))
             continue
         for group in groups:
-            src = group[0]
+            found = by_item.get(group[0])
+            if found is None:
+                by_item[group[0]] = [group]
+            else:
+                found.append(group)
+    consumed: dict[str, list[float]] = {}
+    for src, groups in by_item.items():
+        entry = lookup_item(src)
+        for group in groups:
             source, origin = str(group[2]), group[3]
-            entry = batch.items.get(src) or lookup_item(src)
             n = (len(group) - GROUP_HEAD) // 3
             if entry is not None and entry.offsets.get(source, -1) >= origin:
                 batch.redelivered += n
@@ -567,14 +579,19 @@ def fetched_positions(app: faust.App, topics: Iterable[str]) -> dict[TopicPartit
     return fetched
 
 
+FOLD_LOG_CHUNK = 500
+"""Messages per batch when :func:`fold_pairs_log` folds a whole log (the agent's ``pairs_take_max``)."""
+
+
 def fold_pairs_log(partitions: Iterable[tuple[int, Sequence[bytes | None]]], max_degree: int) -> dict[str, Adjacency]:
     """The adjacency that folding each partition of the pairs topic once, in its order, gives: the reference where
     the degree cap makes cross-partition arrival order matter (redelivered groups in the log are skipped, as the
     agent skips them)."""
     table: dict[str, ItemEntry] = {}
     for partition, values in partitions:
-        batch = fold_pairs(((v, partition, o) for o, v in enumerate(values)), table.get, max_degree)
-        table.update(batch.items)
+        for start in range(0, len(values), FOLD_LOG_CHUNK):  # a bounded batch: fold_pairs holds its groups decoded
+            chunk = ((values[o], partition, o) for o in range(start, min(start + FOLD_LOG_CHUNK, len(values))))
+            table.update(fold_pairs(chunk, table.get, max_degree).items)
     return {item_id: entry.adjacency for item_id, entry in table.items()}
 
 
