@@ -291,6 +291,85 @@ static PyObject *well_typed_triples(PyObject *Py_UNUSED(self), PyObject *const *
     Py_RETURN_TRUE;
 }
 
+/* recent_items(recent, limit): the fast path of models.graph.recent_items (its definition is
+ * recent_items_reference): every (item_id, item_type, ts) of recent = {item_type: [[item_id, ts, ...], ...]},
+ * newest first, ties broken by the greater (item_id, item_type) first, as Python's sort of (ts, item_id, item_type)
+ * tuples with reverse=True; the first `limit` (all for -1). None when the state is off the fast path (anything but
+ * exact dicts, lists, str and finite-comparable numbers, see as_double): the caller then runs the reference. Hot in
+ * the events agent (one call per consumption) and in the user tower's features. */
+typedef struct {
+    double ts;
+    PyObject *ts_obj, *item, *type; /* borrowed from the state */
+} Recent;
+
+/* 1 when a sorts before b (newer, or equal times and a greater (item, type)). */
+static int newer(const Recent *a, const Recent *b) {
+    if (a->ts != b->ts) return a->ts > b->ts;
+    int c = PyUnicode_Compare(a->item, b->item);
+    if (c != 0) return c > 0;
+    return PyUnicode_Compare(a->type, b->type) > 0;
+}
+
+static PyObject *recent_items(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recent_items(recent: dict, limit: int)");
+        return NULL;
+    }
+    PyObject *recent = args[0];
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (!PyDict_CheckExact(recent)) Py_RETURN_NONE;
+    Py_ssize_t n = 0, pos = 0;
+    PyObject *type, *rows;
+    while (PyDict_Next(recent, &pos, &type, &rows)) {
+        if (!PyUnicode_CheckExact(type) || !PyList_CheckExact(rows)) Py_RETURN_NONE;
+        n += PyList_GET_SIZE(rows);
+    }
+    Recent *all = PyMem_Malloc(2 * (size_t)(n > 0 ? n : 1) * sizeof(Recent));
+    if (all == NULL) return PyErr_NoMemory();
+    Py_ssize_t i = 0;
+    pos = 0;
+    while (PyDict_Next(recent, &pos, &type, &rows)) {
+        for (Py_ssize_t r = 0; r < PyList_GET_SIZE(rows) && i < n; r++) {
+            PyObject *row = PyList_GET_ITEM(rows, r);
+            if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) < 2 || !PyUnicode_CheckExact(PyList_GET_ITEM(row, 0))
+                || !as_double(PyList_GET_ITEM(row, 1), &all[i].ts)) {
+                PyMem_Free(all);
+                Py_RETURN_NONE;
+            }
+            all[i].item = PyList_GET_ITEM(row, 0);
+            all[i].ts_obj = PyList_GET_ITEM(row, 1);
+            all[i].type = type;
+            i++;
+        }
+    }
+    n = i;
+    Recent *tmp = all + n;
+    for (Py_ssize_t width = 1; width < n; width *= 2) { /* stable merge sort, newest first */
+        for (Py_ssize_t lo = 0; lo < n; lo += 2 * width) {
+            Py_ssize_t mid = lo + width < n ? lo + width : n;
+            Py_ssize_t hi = lo + 2 * width < n ? lo + 2 * width : n;
+            Py_ssize_t a = lo, b = mid, k = lo;
+            while (a < mid && b < hi) tmp[k++] = newer(&all[b], &all[a]) ? all[b++] : all[a++];
+            while (a < mid) tmp[k++] = all[a++];
+            while (b < hi) tmp[k++] = all[b++];
+        }
+        memcpy(all, tmp, (size_t)n * sizeof(Recent));
+    }
+    Py_ssize_t keep = limit >= 0 && limit < n ? limit : n;
+    PyObject *out = PyList_New(keep);
+    for (Py_ssize_t k = 0; out != NULL && k < keep; k++) {
+        PyObject *t = PyTuple_Pack(3, all[k].item, all[k].type, all[k].ts_obj);
+        if (t == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, t);
+    }
+    PyMem_Free(all);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"merge_neighbours", (PyCFunction)(void (*)(void))merge_neighbours, METH_VARARGS | METH_KEYWORDS,
      "merge_neighbours(adjacency, flat, max_degree, start=0)\n--\n\n"
@@ -299,6 +378,9 @@ static PyMethodDef methods[] = {
     {"well_typed_triples", (PyCFunction)(void (*)(void))well_typed_triples, METH_FASTCALL,
      "well_typed_triples(flat, start)\n--\n\n"
      "Whether every (dst, dst_type, ts) of flat[start:] is (non-empty str, non-empty str, int or float)."},
+    {"recent_items", (PyCFunction)(void (*)(void))recent_items, METH_FASTCALL,
+     "recent_items(recent, limit)\n--\n\n"
+     "A user's recent items, newest first (see models.graph.recent_items); None off the fast path."},
     {NULL, NULL, 0, NULL},
 };
 

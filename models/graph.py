@@ -70,7 +70,20 @@ def new_user_state() -> UserState:
 
 def recent_items(state: UserState, limit: int | None = None) -> list[tuple[str, str, float]]:
     """The user's recent items of all types as ``(item_id, item_type, ts)``, newest first (ties: the greater
-    ``(item_id, item_type)`` first)."""
+    ``(item_id, item_type)`` first); the first ``limit`` of them.
+
+    In C for states of plain JSON types (``models/_graphc.c``; one call per consumption in the events agent, where
+    the Python version took 7 % of the stream worker's CPU), else :func:`recent_items_reference`, its definition,
+    which the tests hold it to."""
+    if limit is None or limit >= 0:
+        found = _graphc.recent_items(state["recent"], -1 if limit is None else limit)
+        if found is not None:
+            return found
+    return recent_items_reference(state, limit)
+
+
+def recent_items_reference(state: UserState, limit: int | None = None) -> list[tuple[str, str, float]]:
+    """What :func:`recent_items` returns, in Python: the definition, and the path for states off C's fast path."""
     merged: list[tuple[float, str, str]] = []
     for itype, rows in state["recent"].items():
         merged += zip(map(_SECOND, rows), map(_FIRST, rows), repeat(itype), strict=False)

@@ -14,6 +14,8 @@ from models.graph import (
     merge_neighbours,
     merge_neighbours_reference,
     new_user_state,
+    recent_items,
+    recent_items_reference,
 )
 from models.synthetic import generate
 from streams.agents import StreamConfig
@@ -166,3 +168,22 @@ def test_c_merge_rejects_what_is_not_an_adjacency():
         merge_neighbours({}, ["a", "t", 1.0], 0)
     with pytest.raises(TypeError, match="sequence"):
         merge_neighbours({}, 5, 2)  # type: ignore[arg-type]
+
+
+_ROW_TIMES = st.one_of(st.integers(0, 4), st.sampled_from([1.0, 2.5, -0.0, 0.0, 2**53 + 1, 2**60, float("nan"), True]),
+                       st.floats(0, 4, allow_nan=False))
+
+
+@settings(max_examples=400, deadline=None)
+@given(recent=st.dictionaries(st.sampled_from(["film", "family", "b"]),
+                              st.lists(st.tuples(st.sampled_from(["a", "b", "ab", "z", ""]), _ROW_TIMES), max_size=12),
+                              max_size=3),
+       limit=st.one_of(st.none(), st.integers(-2, 30)), as_tuple=st.booleans())
+def test_c_recent_items_equals_the_python_reference(recent, limit, as_tuple):
+    """Ties in time, in item and in type, ints beside floats, values off the fast path (a NaN, a bool, an int
+    beyond 2**53, a tuple row): the same list, the same objects."""
+    rows = {t: [(tuple if as_tuple and k == 0 else list)(row) for k, row in enumerate(r)] for t, r in recent.items()}
+    state = {"recent": rows}
+    ours, reference = recent_items(state, limit), recent_items_reference(state, limit)
+    assert str(ours) == str(reference)  # str: a NaN is not equal to itself
+    assert [tuple(map(id, x)) for x in ours] == [tuple(map(id, x)) for x in reference]
