@@ -370,6 +370,195 @@ static PyObject *recent_items(PyObject *Py_UNUSED(self), PyObject *const *args, 
     return out;
 }
 
+/* The binary pairs message's body (see streams.agents.pack_pairs): one 16-byte record per pair, (u32 dst, u32 type,
+ * f64 ts), little-endian, dst and type indexes into the message's table of strings. */
+#define PAIR_RECORD 16
+
+static void put_u32(unsigned char *p, unsigned long v) {
+    p[0] = (unsigned char)(v & 0xff);
+    p[1] = (unsigned char)((v >> 8) & 0xff);
+    p[2] = (unsigned char)((v >> 16) & 0xff);
+    p[3] = (unsigned char)((v >> 24) & 0xff);
+}
+
+static unsigned long get_u32(const unsigned char *p) {
+    return (unsigned long)p[0] | ((unsigned long)p[1] << 8) | ((unsigned long)p[2] << 16) | ((unsigned long)p[3] << 24);
+}
+
+/* The index of `s` in the table (`index`: str -> int, `strings`: the list), added when new; -1 on error. */
+static Py_ssize_t string_index(PyObject *index, PyObject *strings, PyObject *s) {
+    if (!PyUnicode_CheckExact(s)) {
+        PyErr_Format(PyExc_TypeError, "pack_groups: item ids and types must be str, got %.50s", Py_TYPE(s)->tp_name);
+        return -1;
+    }
+    PyObject *found = PyDict_GetItemWithError(index, s);
+    if (found != NULL) return PyLong_AsSsize_t(found);
+    if (PyErr_Occurred()) return -1;
+    Py_ssize_t k = PyList_GET_SIZE(strings);
+    PyObject *number = PyLong_FromSsize_t(k);
+    if (number == NULL) return -1;
+    int status = PyDict_SetItem(index, s, number);
+    Py_DECREF(number);
+    if (status < 0 || PyList_Append(strings, s) < 0) return -1;
+    return k;
+}
+
+/* pack_groups(groups) -> (strings, meta, body): pair groups [src, src_type, partition, offset, consumed,
+ * (dst, dst_type, ts)*] as a table of strings, one [src, src_type, partition, offset, consumed, pairs] row per group
+ * (src and src_type as indexes) and the pairs' records. */
+static PyObject *pack_groups(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "pack_groups(groups: list)");
+        return NULL;
+    }
+    PyObject *groups = args[0];
+    Py_ssize_t n_groups = PyList_GET_SIZE(groups), total = 0;
+    for (Py_ssize_t g = 0; g < n_groups; g++) {
+        PyObject *group = PyList_GET_ITEM(groups, g);
+        if (!PyList_Check(group) || PyList_GET_SIZE(group) < 5 || (PyList_GET_SIZE(group) - 5) % 3) {
+            PyErr_SetString(PyExc_ValueError, "pack_groups: a group is [src, src_type, partition, offset, consumed, "
+                                              "(dst, dst_type, ts)*]");
+            return NULL;
+        }
+        total += (PyList_GET_SIZE(group) - 5) / 3;
+    }
+    PyObject *index = PyDict_New(), *strings = PyList_New(0), *meta = PyList_New(n_groups);
+    PyObject *body = PyBytes_FromStringAndSize(NULL, total * PAIR_RECORD);
+    if (index == NULL || strings == NULL || meta == NULL || body == NULL) goto fail;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(body);
+    for (Py_ssize_t g = 0; g < n_groups; g++) {
+        PyObject *group = PyList_GET_ITEM(groups, g);
+        Py_ssize_t size = PyList_GET_SIZE(group);
+        if (size < 5 || (size - 5) % 3 || total < (size - 5) / 3) { /* changed under us */
+            PyErr_SetString(PyExc_RuntimeError, "pack_groups: a group changed while it was packed");
+            goto fail;
+        }
+        Py_ssize_t src = string_index(index, strings, PyList_GET_ITEM(group, 0));
+        Py_ssize_t src_type = src < 0 ? -1 : string_index(index, strings, PyList_GET_ITEM(group, 1));
+        if (src_type < 0) goto fail;
+        PyObject *row = Py_BuildValue("[nnOOOn]", src, src_type, PyList_GET_ITEM(group, 2), PyList_GET_ITEM(group, 3),
+                                      PyList_GET_ITEM(group, 4), (size - 5) / 3);
+        if (row == NULL) goto fail;
+        PyList_SET_ITEM(meta, g, row);
+        for (Py_ssize_t k = 5; k + 3 <= PyList_GET_SIZE(group); k += 3) {
+            Py_ssize_t dst = string_index(index, strings, PyList_GET_ITEM(group, k));
+            Py_ssize_t dst_type = dst < 0 ? -1 : string_index(index, strings, PyList_GET_ITEM(group, k + 1));
+            if (dst_type < 0) goto fail;
+            if (dst > 0xffffffffL || dst_type > 0xffffffffL) {
+                PyErr_SetString(PyExc_OverflowError, "pack_groups: more than 2**32 strings in one message");
+                goto fail;
+            }
+            double ts = PyFloat_AsDouble(PyList_GET_ITEM(group, k + 2));
+            if (ts == -1.0 && PyErr_Occurred()) goto fail;
+            put_u32(out, (unsigned long)dst);
+            put_u32(out + 4, (unsigned long)dst_type);
+            if (PyFloat_Pack8(ts, (char *)(out + 8), 1) < 0) goto fail;
+            out += PAIR_RECORD;
+        }
+        total -= (size - 5) / 3;
+    }
+    Py_DECREF(index);
+    return Py_BuildValue("(NNN)", strings, meta, body);
+fail:
+    Py_XDECREF(index);
+    Py_XDECREF(strings);
+    Py_XDECREF(meta);
+    Py_XDECREF(body);
+    return NULL;
+}
+
+/* expand_groups(strings, meta, body) -> groups: what pack_groups packed, as the flat groups again (every id and
+ * type the table's own str object, consecutive equal times one float object). ValueError naming what is wrong in a
+ * message that was not packed by pack_groups; meta's partition, offset and consumed are the caller's to check. */
+static PyObject *expand_groups(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "expand_groups(strings: list, meta: list, body: bytes)");
+        return NULL;
+    }
+    PyObject *strings = args[0], *meta = args[1];
+    Py_ssize_t n_strings = PyList_GET_SIZE(strings);
+    for (Py_ssize_t k = 0; k < n_strings; k++) {
+        PyObject *s = PyList_GET_ITEM(strings, k);
+        if (!PyUnicode_CheckExact(s) || PyUnicode_GET_LENGTH(s) == 0) {
+            PyErr_Format(PyExc_ValueError, "strings[%zd] is not a non-empty string", k);
+            return NULL;
+        }
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *in = view.buf;
+    Py_ssize_t n_groups = PyList_GET_SIZE(meta), left = view.len / PAIR_RECORD;
+    PyObject *groups = NULL, *last_ts = NULL;
+    unsigned char last_bits[8];
+    if (view.len % PAIR_RECORD) {
+        PyErr_Format(PyExc_ValueError, "the pairs' records are %zd bytes, not a multiple of %d", view.len, PAIR_RECORD);
+        goto fail;
+    }
+    groups = PyList_New(n_groups);
+    if (groups == NULL) goto fail;
+    for (Py_ssize_t g = 0; g < n_groups; g++) {
+        PyObject *row = PyList_GET_ITEM(meta, g);
+        if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) != 6) {
+            PyErr_Format(PyExc_ValueError, "group %zd: expected [src, src_type, partition, offset, consumed, pairs]", g);
+            goto fail;
+        }
+        Py_ssize_t src = PyLong_CheckExact(PyList_GET_ITEM(row, 0)) ? PyLong_AsSsize_t(PyList_GET_ITEM(row, 0)) : -1;
+        Py_ssize_t src_type = PyLong_CheckExact(PyList_GET_ITEM(row, 1)) ? PyLong_AsSsize_t(PyList_GET_ITEM(row, 1)) : -1;
+        Py_ssize_t n = PyLong_CheckExact(PyList_GET_ITEM(row, 5)) ? PyLong_AsSsize_t(PyList_GET_ITEM(row, 5)) : -1;
+        PyErr_Clear();
+        if (src < 0 || src >= n_strings || src_type < 0 || src_type >= n_strings) {
+            PyErr_Format(PyExc_ValueError, "group %zd: src and src_type must index the %zd strings", g, n_strings);
+            goto fail;
+        }
+        if (n < 0 || n > left) {
+            PyErr_Format(PyExc_ValueError, "group %zd: %zd pairs, but %zd records are left", g, n, left);
+            goto fail;
+        }
+        PyObject *group = PyList_New(5 + 3 * n);
+        if (group == NULL) goto fail;
+        PyList_SET_ITEM(groups, g, group);
+        PyList_SET_ITEM(group, 0, Py_NewRef(PyList_GET_ITEM(strings, src)));
+        PyList_SET_ITEM(group, 1, Py_NewRef(PyList_GET_ITEM(strings, src_type)));
+        for (int k = 2; k < 5; k++) PyList_SET_ITEM(group, k, Py_NewRef(PyList_GET_ITEM(row, k)));
+        for (Py_ssize_t k = 0; k < n; k++, in += PAIR_RECORD) {
+            unsigned long dst = get_u32(in), dst_type = get_u32(in + 4);
+            if (dst >= (unsigned long)n_strings || dst_type >= (unsigned long)n_strings) {
+                PyErr_Format(PyExc_ValueError, "group %zd, pair %zd: dst and dst_type must index the %zd strings", g,
+                             k, n_strings);
+                goto fail;
+            }
+            if (last_ts == NULL || memcmp(last_bits, in + 8, 8) != 0) {
+                double ts = PyFloat_Unpack8((const char *)(in + 8), 1);
+                if (ts == -1.0 && PyErr_Occurred()) goto fail;
+                if (!isfinite(ts)) {
+                    PyErr_Format(PyExc_ValueError, "group %zd, pair %zd: the time must be a finite number", g, k);
+                    goto fail;
+                }
+                Py_XDECREF(last_ts);
+                last_ts = PyFloat_FromDouble(ts);
+                if (last_ts == NULL) goto fail;
+                memcpy(last_bits, in + 8, 8);
+            }
+            PyList_SET_ITEM(group, 5 + 3 * k, Py_NewRef(PyList_GET_ITEM(strings, dst)));
+            PyList_SET_ITEM(group, 6 + 3 * k, Py_NewRef(PyList_GET_ITEM(strings, dst_type)));
+            PyList_SET_ITEM(group, 7 + 3 * k, Py_NewRef(last_ts));
+        }
+        left -= n;
+    }
+    if (left) {
+        PyErr_Format(PyExc_ValueError, "%zd pair records belong to no group", left);
+        goto fail;
+    }
+    Py_XDECREF(last_ts);
+    PyBuffer_Release(&view);
+    return groups;
+fail:
+    Py_XDECREF(last_ts);
+    Py_XDECREF(groups);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"merge_neighbours", (PyCFunction)(void (*)(void))merge_neighbours, METH_VARARGS | METH_KEYWORDS,
      "merge_neighbours(adjacency, flat, max_degree, start=0)\n--\n\n"
@@ -381,6 +570,12 @@ static PyMethodDef methods[] = {
     {"recent_items", (PyCFunction)(void (*)(void))recent_items, METH_FASTCALL,
      "recent_items(recent, limit)\n--\n\n"
      "A user's recent items, newest first (see models.graph.recent_items); None off the fast path."},
+    {"pack_groups", (PyCFunction)(void (*)(void))pack_groups, METH_FASTCALL,
+     "pack_groups(groups)\n--\n\n"
+     "Pair groups as (strings, meta, body): the binary pairs message's parts (see streams.agents.pack_pairs)."},
+    {"expand_groups", (PyCFunction)(void (*)(void))expand_groups, METH_FASTCALL,
+     "expand_groups(strings, meta, body)\n--\n\n"
+     "The pair groups that pack_groups packed; ValueError naming what is wrong."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,6 @@
 import json
+import re
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -143,3 +145,74 @@ def test_the_pair_triples_check_in_c_is_its_python_definition(flat, start):
     expected = (set(map(type, dst)) <= {str} and set(map(type, dst_type)) <= {str} and "" not in dst
                 and "" not in dst_type and set(map(type, ts)) <= {int, float})
     assert well_typed_triples(flat, start) is expected
+
+
+_IDS = st.sampled_from(["a", "b", "é", "item-1", "x" * 40])
+_GROUP = st.tuples(_IDS, st.sampled_from(["film", "family"]), st.integers(0, 7), st.integers(0, 2**63 - 1),
+                   st.lists(st.floats(1, 4e9), max_size=3),
+                   st.lists(st.tuples(_IDS, st.sampled_from(["film", "podcast"]), st.floats(1, 4e9)), max_size=6))
+
+
+@settings(max_examples=300, deadline=None)
+@given(groups=st.lists(_GROUP, max_size=6), per_message=st.integers(1, 8))
+def test_binary_pair_messages_decode_to_the_groups_packed(groups, per_message):
+    from streams.agents import PAIRS_MAGIC, decode_pairs, pack_pairs
+
+    flat = {k: [src, src_type, p, o, consumed, *[x for pair in pairs for x in pair]]
+            for k, (src, src_type, p, o, consumed, pairs) in enumerate(groups)}
+    messages = list(pack_pairs(flat, per_message))
+    assert all(m.startswith(PAIRS_MAGIC) for m in messages)
+    decoded = [group for m in messages for group in decode_pairs(m)]
+    assert decoded == list(flat.values())
+    pairs = zip(decoded, flat.values(), strict=True)
+    assert all(type(a) is type(b) for d, f in pairs for a, b in zip(d, f, strict=True))
+
+
+@settings(max_examples=500, deadline=None)
+@given(groups=st.lists(_GROUP, min_size=1, max_size=4), cut=st.integers(0, 10_000), flips=st.lists(
+    st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4))
+def test_a_corrupt_binary_pairs_message_is_refused_by_name(groups, cut, flips):
+    """Truncated or with bytes changed, a binary message decodes to well-formed groups or raises InvalidRecord."""
+    from streams.agents import GROUP_HEAD, decode_pairs, encode_pairs
+
+    raw = bytearray(encode_pairs([[src, t, p, o, c, *[x for pair in pairs for x in pair]]
+                                  for src, t, p, o, c, pairs in groups]))
+    for at, value in flips:
+        raw[at % len(raw)] = value
+    raw = bytes(raw[: max(cut, 4)] if cut < len(raw) else raw)
+    try:
+        decoded = decode_pairs(raw)
+    except InvalidRecord:
+        return
+    for group in decoded:  # what is accepted is as well typed as a JSON group
+        assert isinstance(group[0], str) and group[0] and isinstance(group[1], str) and group[1]
+        assert (len(group) - GROUP_HEAD) % 3 == 0
+        assert all(isinstance(x, str) and x for k in range(GROUP_HEAD, len(group), 3) for x in group[k : k + 2])
+        assert all(type(group[k]) is float and group[k] == group[k] for k in range(GROUP_HEAD + 2, len(group), 3))
+
+
+def test_a_binary_pairs_message_names_what_is_wrong():
+    from streams.agents import PAIRS_MAGIC, decode_pairs
+
+    def message(strings, meta, body=b""):
+        header = json.dumps([strings, meta]).encode()
+        return PAIRS_MAGIC + len(header).to_bytes(4, "little") + header + body
+
+    record = (0).to_bytes(4, "little") + (5).to_bytes(4, "little") + struct.pack("<d", 1.0)
+    for raw, says in [
+        (PAIRS_MAGIC + b"\xff\x00\x00\x00{}", "with a header of 255"),
+        (message(["a", ""], []), "strings[1] is not a non-empty string"),
+        (message(["a", "film"], [[0, 2, 0, 1, [], 0]]), "must index the 2 strings"),
+        (message(["a", "film"], [[0, 1, 0, 1, [], 2]], record), "2 pairs, but 1 records are left"),
+        (message(["a", "film"], [[0, 1, 0, 1, [], 1]], record), "pair 0: dst and dst_type must index"),
+        (message(["a", "film"], [[0, 1, 0, 1, [], 0]], record), "1 pair records belong to no group"),
+        (message(["a", "film"], [[0, 1, 0, 1, [], 0]], b"x"), "not a multiple of 16"),
+    ]:
+        with pytest.raises(InvalidRecord, match=re.escape(says)):
+            decode_pairs(raw)
+    with pytest.raises(InvalidRecord) as caught:
+        decode_pairs(message(["a", "film"], [[0, 1, -1, 1, [], 0]]))
+    assert caught.value.field == "partition"
+    nan = (0).to_bytes(4, "little") + (1).to_bytes(4, "little") + struct.pack("<d", float("nan"))
+    with pytest.raises(InvalidRecord, match="finite"):
+        decode_pairs(message(["a", "film"], [[0, 1, 0, 1, [], 1]], nan))
