@@ -428,11 +428,7 @@ static PyObject *pack_groups(PyObject *Py_UNUSED(self), PyObject *const *args, P
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(body);
     for (Py_ssize_t g = 0; g < n_groups; g++) {
         PyObject *group = PyList_GET_ITEM(groups, g);
-        Py_ssize_t size = PyList_GET_SIZE(group);
-        if (size < 5 || (size - 5) % 3 || total < (size - 5) / 3) { /* changed under us */
-            PyErr_SetString(PyExc_RuntimeError, "pack_groups: a group changed while it was packed");
-            goto fail;
-        }
+        Py_ssize_t size = PyList_GET_SIZE(group); /* as counted above: nothing below runs Python code */
         Py_ssize_t src = string_index(index, strings, PyList_GET_ITEM(group, 0));
         Py_ssize_t src_type = src < 0 ? -1 : string_index(index, strings, PyList_GET_ITEM(group, 1));
         if (src_type < 0) goto fail;
@@ -440,7 +436,7 @@ static PyObject *pack_groups(PyObject *Py_UNUSED(self), PyObject *const *args, P
                                       PyList_GET_ITEM(group, 4), (size - 5) / 3);
         if (row == NULL) goto fail;
         PyList_SET_ITEM(meta, g, row);
-        for (Py_ssize_t k = 5; k + 3 <= PyList_GET_SIZE(group); k += 3) {
+        for (Py_ssize_t k = 5; k + 3 <= size; k += 3) {
             Py_ssize_t dst = string_index(index, strings, PyList_GET_ITEM(group, k));
             Py_ssize_t dst_type = dst < 0 ? -1 : string_index(index, strings, PyList_GET_ITEM(group, k + 1));
             if (dst_type < 0) goto fail;
@@ -448,14 +444,19 @@ static PyObject *pack_groups(PyObject *Py_UNUSED(self), PyObject *const *args, P
                 PyErr_SetString(PyExc_OverflowError, "pack_groups: more than 2**32 strings in one message");
                 goto fail;
             }
-            double ts = PyFloat_AsDouble(PyList_GET_ITEM(group, k + 2));
+            PyObject *time = PyList_GET_ITEM(group, k + 2);
+            if (!PyFloat_CheckExact(time) && !PyLong_CheckExact(time)) { /* a __float__ could change the groups */
+                PyErr_Format(PyExc_TypeError, "pack_groups: pair times must be float or int, got %.50s",
+                             Py_TYPE(time)->tp_name);
+                goto fail;
+            }
+            double ts = PyFloat_AsDouble(time);
             if (ts == -1.0 && PyErr_Occurred()) goto fail;
             put_u32(out, (unsigned long)dst);
             put_u32(out + 4, (unsigned long)dst_type);
             if (PyFloat_Pack8(ts, (char *)(out + 8), 1) < 0) goto fail;
             out += PAIR_RECORD;
         }
-        total -= (size - 5) / 3;
     }
     Py_DECREF(index);
     return Py_BuildValue("(NNN)", strings, meta, body);
