@@ -203,8 +203,8 @@ class RawHttp:
             raise ConnectionError("the server closed the connection") from error
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
-        length = {k.strip().lower(): v.strip() for k, v in headers.items()}.get("content-length")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+        length = headers.get("content-length")
         if length is None:
             raise ConnectionError(f"answer {status} without Content-Length: RawHttp reads no other framing")
         return RawResponse(status, await self.reader.readexactly(int(length)))
