@@ -25,6 +25,7 @@ Results go to ``bench/results/stream-<dataset>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -61,7 +62,7 @@ from workers.kafka_io import (  # noqa: E402
     replay,
 )
 from workers.refresher import Refresher, RefresherLoop  # noqa: E402
-from workers.services import build_encoder, build_model, build_store  # noqa: E402
+from workers.services import build_encoder, build_model, build_store, tune_gc  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 from workers.stack import edges_worker, settings_env, start_broker  # noqa: E402
 from workers.statecheck import (  # noqa: E402
@@ -369,7 +370,8 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
             store.upsert_users = upsert_and_ask  # type: ignore[method-assign]
             probe.thread.start()
         refresher = Refresher(store, model, encoder_, metrics, settings.refresher)
-        loop = RefresherLoop(refresher, settings.kafka)
+        tune_gc()  # as `gfm worker api` does (workers/services.py)
+        loop = RefresherLoop(refresher, settings.kafka, on_caught_up=gc.freeze)
         stream_part: list[float] = []  # event produced -> its user-update produced (the stream worker's share)
         polled_part: list[float] = []  # user-update produced -> read by the refresher
         users_topic = settings.kafka.topic("user-updates")

@@ -343,13 +343,17 @@ class RefresherLoop:
         refresher: what applies the records.
         kafka: topics and the broker.
         dead_letters: where rejected records go (the dead-letter topic in production).
+        on_caught_up: called once, from the items' thread, when :attr:`caught_up` is set (the process entry points
+            pass ``gc.freeze``: see :func:`workers.services.tune_gc`).
     """
 
     def __init__(self, refresher: Refresher, kafka: KafkaSettings,
-                 dead_letters: Callable[[list[DeadLetter]], None] | None = None) -> None:
+                 dead_letters: Callable[[list[DeadLetter]], None] | None = None,
+                 on_caught_up: Callable[[], None] | None = None) -> None:
         self.refresher = refresher
         self.kafka = kafka
         self.dead_letters = dead_letters
+        self.on_caught_up = on_caught_up
         self.stop_event = refresher.stop
         self.caught_up = threading.Event()
         """Set once the refresher has read everything that was in its topics when it started."""
@@ -412,6 +416,8 @@ class RefresherLoop:
                 ):
                     log.info("refresher caught up: %d items known", len(self.refresher.graph))
                     self.caught_up.set()
+                    if self.on_caught_up is not None:
+                        self.on_caught_up()
         finally:
             consumer.close()
             self._users_thread.join(10)

@@ -107,16 +107,22 @@ def stream_config(settings: Settings) -> StreamConfig:
 
 
 GC_THRESHOLDS = (10_000, 100, 100)
-"""The stream worker's garbage collector thresholds (CPython's default: 700, 10, 10)."""
+"""The garbage collector thresholds of the stream worker and of the refresher's process (CPython's default: 700,
+10, 10)."""
 
 
 def tune_gc() -> None:
-    """Collect garbage less often in the stream worker.
+    """Collect garbage less often in a process whose state is millions of small containers.
 
-    Its state is millions of small containers (adjacency rows, user histories) and each micro-batch decodes and
-    allocates more, so the default thresholds run collections that traverse the whole state over and over: they
-    took half of the edges agent's time (``bench/agents_bench.py``). Objects alive at start-up are frozen out of
-    collection. The state holds no reference cycles, so collecting less often only delays freeing cyclic garbage.
+    The stream worker's state (adjacency rows, user histories) and the refresher's graph (every item's adjacency,
+    one list per neighbour) are such; each micro-batch decodes and allocates more, so the default thresholds run
+    collections that traverse the whole state over and over. In the stream worker they took half of the edges
+    agent's time (``bench/agents_bench.py``). In the refresher's process (``gfm worker api``, embedded) a full
+    collection came every ~2 s at 1,000 events/s and held the GIL for 0.3-0.54 s, growing with the graph: every
+    thread stopped meanwhile, the users' thread reading a fresh state and the API answering included (README
+    *Freshness*, the refresher's pauses). Objects alive now are frozen out of collection, and so, through
+    ``on_caught_up=gc.freeze``, is the refresher's graph once built. The state holds no reference cycles, so
+    collecting less often only delays freeing cyclic garbage.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -139,8 +145,10 @@ def run_streams(settings: Settings) -> None:
     worker.execute_from_commandline()
 
 
-def start_refresher(settings: Settings, store: VectorStore, registry: CollectorRegistry) -> RefresherLoop:
-    """Start the refresher loop in a thread of this process; its rejected records go to the dead-letter topic."""
+def start_refresher(settings: Settings, store: VectorStore, registry: CollectorRegistry,
+                    on_caught_up: Callable[[], None] | None = None) -> RefresherLoop:
+    """Start the refresher loop in a thread of this process; its rejected records go to the dead-letter topic
+    (``on_caught_up``: see :class:`RefresherLoop`)."""
     ensure_topics(settings.kafka)
     encoder = build_encoder(settings)
     ownership = Ownership(settings.kafka.partitions, settings.refresher.replicas, settings.refresher.replica)
@@ -154,7 +162,7 @@ def start_refresher(settings: Settings, store: VectorStore, registry: CollectorR
             producer.send(topic, value=letter.dumps())
         producer.flush()
 
-    return RefresherLoop(refresher, settings.kafka, dead_letters).start()
+    return RefresherLoop(refresher, settings.kafka, dead_letters, on_caught_up).start()
 
 
 def run_refresher(settings: Settings) -> None:
@@ -162,7 +170,8 @@ def run_refresher(settings: Settings) -> None:
     registry = CollectorRegistry()
     register_process(registry)
     start_http_server(settings.refresher.metrics_port, addr=settings.metrics_host, registry=registry)
-    loop = start_refresher(settings, build_store(settings), registry)
+    tune_gc()
+    loop = start_refresher(settings, build_store(settings), registry, on_caught_up=gc.freeze)
     try:
         while loop.alive:
             loop.stop_event.wait(1.0)
@@ -220,7 +229,8 @@ def run_api(settings: Settings, with_refresher: bool | None = None) -> None:
     register_process(registry)
     store = build_store(settings)
     embedded = not settings.qdrant.url
-    loop = start_refresher(settings, store, registry) if (with_refresher or embedded) else None
+    tune_gc()
+    loop = start_refresher(settings, store, registry, on_caught_up=gc.freeze) if (with_refresher or embedded) else None
     composer = loop.refresher.model.composer if loop is not None else build_composer(settings)
     if loop is None:
         store.ensure(composer.dim, composer.distance)
