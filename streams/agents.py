@@ -519,9 +519,10 @@ class OffsetTracker:
 
     Cleared on every rebalance; a partition's first batch after it is checked against where the group resumes it
     (``resume_at``: its committed offset, else the log's first). Without that check a hole right at a rebalance
-    went unseen: in the two-worker test, 1 run in 5 lost the few messages fetched around the second worker's
-    join (15 consumptions of 5 users), and Faust's commit then moved past them (it lets a one-message hole after
-    the committed offset, and any hole before the first commit, pass).
+    went unseen: in the two-worker test, 1 run in 10 lost 15 consumptions of 5 users when the second worker
+    joined during the first's start (nothing committed yet, a partition handed over was begun mid-log), and
+    Faust's commit then moved past them (it lets a one-message hole after the committed offset, and any hole
+    before the first commit, pass).
     """
 
     next: dict[int, int] = field(default_factory=dict)
