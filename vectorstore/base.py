@@ -10,8 +10,9 @@ for the text-propagation model, whose users read the item vectors). A user point
 (``recent`` items with times, ``counts``, ``consumed``), from which the query API composes the user's vector when
 asked (``vectorstore/compose.py``); its stored vector is zero. The state's lists (``consumed``, their point ids,
 ``recent``) are stored as one JSON string, ``lists``: qdrant-edge converts a payload list element by element, ~5 us
-each (a user with 2,000 consumed items took 7.3 ms to turn into a point, with the string 0.02 ms), and the
-refresher's users thread, which writes every state as it arrives, spent most of its time there.
+each (turning a user with 2,000 consumed items into a point took 23 ms, with the string 0.09 ms;
+``bench/payload_bench.py``), and the refresher's users thread, which writes every state as it arrives, spent most of
+its time there.
 """
 
 from __future__ import annotations

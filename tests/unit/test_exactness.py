@@ -225,7 +225,8 @@ def test_a_hole_in_a_partitions_offsets_stops_the_batch_before_anything_is_appli
 
 def test_a_hole_right_at_a_rebalance_is_caught_against_where_the_group_resumes():
     """After a rebalance the tracker is cleared; a partition's first batch is checked against its committed offset
-    (the two-worker test lost the messages fetched around a join this way, 1 run in 5, before the check)."""
+    (the two-worker test lost messages this way when the second worker joined during the first's start, 1 run in
+    10, before the check)."""
     from streams.agents import OffsetGap, OffsetTracker
 
     tracker = OffsetTracker()
