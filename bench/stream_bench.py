@@ -335,8 +335,8 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, model_dir: Path | None = None,
             text_cache: Path | None = None, query_every: int = 0, split: bool = False,
-            pairs_within: float | None = None) -> dict[str, Any]:
-    extra = {} if pairs_within is None else {"pairs_take_within_s": pairs_within}
+            windows: dict[str, float] | None = None) -> dict[str, Any]:
+    extra = dict(windows or {})
     settings = make_settings(root / "latency", encoder=encoder, model="gfm" if model_dir else "textprop",
                              split=split, **extra)
     settings = settings.model_copy(update={"model": settings.model.model_copy(update={
@@ -422,6 +422,7 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
             "rate": rate,
             "seconds": seconds,
             "split": split,
+            "take_within_s": settings.streams.take_within_s,
             "pairs_take_within_s": settings.streams.pairs_take_within_s,
             "events_sent": sent.sent,
             "achieved_rate": round(sent.events_per_s),
@@ -480,6 +481,8 @@ def main() -> None:
     parser.add_argument("--produce-rate", type=float, default=None,
                         help="live mode: produce at this many events/s (default: as fast as possible)")
     parser.add_argument("--pairs-within", type=float, default=None, help="the worker's pairs_take_within_s")
+    parser.add_argument("--take-within", type=float, default=None,
+                        help="the worker's take_within_s (the events agent's batch window)")
     parser.add_argument("--split", action="store_true",
                         help="the edges agent in a stream worker of its own (GFM_STREAMS__SPLIT)")
     parser.add_argument("--no-check", action="store_true",
@@ -496,13 +499,16 @@ def main() -> None:
         overrides = {k: v for k, v in {"producer_max_batch_size": args.producer_batch_bytes,
                                        "take_max": args.take_max,
                                        "pairs_take_within_s": args.pairs_within,
+                                       "take_within_s": args.take_within,
                                        "split": args.split or None}.items() if v is not None}
         results["throughput"] = throughput(args.data, args.limit, Path(tmp), args.mode == "live", not args.no_check,
                                            args.produce_rate, **overrides)
         print(json.dumps(results["throughput"], indent=2), flush=True)
     if args.skip != "latency":
         results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp), args.model_dir,
-                                     args.text_cache, args.query_every, args.split, args.pairs_within)
+                                     args.text_cache, args.query_every, args.split,
+                                     {k: v for k, v in {"pairs_take_within_s": args.pairs_within,
+                                                        "take_within_s": args.take_within}.items() if v is not None})
         print(json.dumps(results["latency"], indent=2), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     out = args.out or ROOT / "bench" / "results" / f"stream-{results['dataset']}.json"
