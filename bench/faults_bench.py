@@ -33,7 +33,8 @@ from workers.statecheck import Fault, run_fault_scenario  # noqa: E402
 def scenario(data: Path, limit: int, rate: float, faults: list[Fault], root: Path) -> dict[str, object]:
     events_iter, _ = dataset_events(data, limit)
     events = [e for e in events_iter if e is not None]
-    stack = Stack(make_settings(root), services=("streams",), policy=RestartPolicy(backoff_s=0.5))
+    stack = Stack(make_settings(root, split=False), services=("streams",),  # one worker, as its results measured
+                  policy=RestartPolicy(backoff_s=0.5))
     stack.start()
     try:
         result = run_fault_scenario(stack, events, faults, rate)

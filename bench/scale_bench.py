@@ -49,7 +49,7 @@ def worker_settings(settings: Settings, root: Path, n: int) -> Settings:
 
 
 def run(data: Path, limit: int, workers: int, partitions: int, root: Path) -> dict[str, object]:
-    base = make_settings(root)
+    base = make_settings(root, split=False)  # N workers that each run both agents, in one group
     settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"partitions": partitions})})
     stack = Stack(settings, services=(), policy=RestartPolicy(backoff_s=0.5))
     stack.start()  # the broker and the topics only

@@ -156,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gfm-soak-") as tmp:
-        settings = make_settings(Path(tmp), encoder=args.encoder)
+        settings = make_settings(Path(tmp), encoder=args.encoder, split=False)  # the shape its results measured
         if args.store_flush_interval_s is not None:
             qdrant = settings.qdrant.model_copy(update={"flush_interval_s": args.store_flush_interval_s})
             settings = settings.model_copy(update={"qdrant": qdrant})

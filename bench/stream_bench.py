@@ -334,11 +334,12 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 
 def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, model_dir: Path | None = None,
-            text_cache: Path | None = None, query_every: int = 0, split: bool = False,
+            text_cache: Path | None = None, query_every: int = 0, split: bool | None = None,
             windows: dict[str, float] | None = None) -> dict[str, Any]:
-    extra = dict(windows or {})
-    settings = make_settings(root / "latency", encoder=encoder, model="gfm" if model_dir else "textprop",
-                             split=split, **extra)
+    extra: dict[str, object] = dict(windows or {})
+    if split is not None:
+        extra["split"] = split
+    settings = make_settings(root / "latency", encoder=encoder, model="gfm" if model_dir else "textprop", **extra)
     settings = settings.model_copy(update={"model": settings.model.model_copy(update={
         "dir": model_dir, "text_cache": text_cache or settings.model.text_cache})})
     broker = start_broker(settings.kafka.bootstrap, root / "broker2.log")
@@ -421,7 +422,7 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
         result: dict[str, Any] = {
             "rate": rate,
             "seconds": seconds,
-            "split": split,
+            "split": settings.streams.split,
             "take_within_s": settings.streams.take_within_s,
             "pairs_take_within_s": settings.streams.pairs_take_within_s,
             "events_sent": sent.sent,
@@ -483,8 +484,9 @@ def main() -> None:
     parser.add_argument("--pairs-within", type=float, default=None, help="the worker's pairs_take_within_s")
     parser.add_argument("--take-within", type=float, default=None,
                         help="the worker's take_within_s (the events agent's batch window)")
-    parser.add_argument("--split", action="store_true",
-                        help="the edges agent in a stream worker of its own (GFM_STREAMS__SPLIT)")
+    parser.add_argument("--split", action=argparse.BooleanOptionalAction, default=None,
+                        help="the edges agent in a stream worker of its own (GFM_STREAMS__SPLIT; default: the "
+                             "settings' default, split); --no-split: one worker runs both agents")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing the worker's state with build_graph on the same events")
     args = parser.parse_args()
@@ -500,7 +502,7 @@ def main() -> None:
                                        "take_max": args.take_max,
                                        "pairs_take_within_s": args.pairs_within,
                                        "take_within_s": args.take_within,
-                                       "split": args.split or None}.items() if v is not None}
+                                       "split": args.split}.items() if v is not None}
         results["throughput"] = throughput(args.data, args.limit, Path(tmp), args.mode == "live", not args.no_check,
                                            args.produce_rate, **overrides)
         print(json.dumps(results["throughput"], indent=2), flush=True)

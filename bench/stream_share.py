@@ -59,7 +59,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gfm-share-"))
     extra = {name: value for name, value in (("producer_max_batch_size", args.producer_max_batch_size),
                                              ("pairs_take_within_s", args.pairs_within)) if value is not None}
-    settings = make_settings(root, **extra)  # type: ignore[arg-type]
+    settings = make_settings(root, split=False, **extra)  # type: ignore[arg-type]  # one worker, both agents
     broker = start_broker(settings.kafka.bootstrap, root / "broker.log")
     latencies: list[float] = []
     stop = threading.Event()

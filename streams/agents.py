@@ -97,8 +97,8 @@ class StreamConfig:
     partitions: int = 4
     take_max: int = 100
     pairs_take_max: int = 500
-    take_within_s: float = 0.1
-    pairs_take_within_s: float = 1.0
+    take_within_s: float = 0.02
+    pairs_take_within_s: float = 0.5
     stall_s: float = 30.0
     min_stream_ms: int = 30_000
     producer_max_batch_size: int = 16_384
@@ -581,7 +581,7 @@ class StallWatch:
     the committed offset; with neither known, behind as soon as a message was drained). A partition stays behind
     for a while in normal work (a micro-batch fills, an agent is busy). It has *stalled* when it has been behind
     for ``stall_s`` while its agent was idle and started no micro-batch: a healthy agent takes whatever was fetched
-    within its batch window (by default 0.1 s for events, 1 s for pairs). Time in which the watch itself did not
+    within its batch window (by default 0.02 s for events, 0.5 s for pairs). Time in which the watch itself did not
     run (checks more than ``max_gap_s`` apart: the event loop was blocked, so the agents could not run either) does
     not count.
     """

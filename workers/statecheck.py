@@ -180,10 +180,20 @@ def uncapped_config(config: GraphConfig) -> GraphConfig:
 
 @dataclass(frozen=True)
 class Fault:
-    """Send ``signal`` to the stream worker once ``at`` (a fraction) of the events are produced."""
+    """Send ``signal`` to the stream worker ``target`` once ``at`` (a fraction) of the events are produced."""
 
     at: float
     signal: int
+    target: str = "streams"
+    """``streams`` (the events worker, or the one worker when not split) or ``streams-edges`` (split)."""
+
+
+def reading(settings: Any, target: str) -> float:
+    """What ``target`` has read since its last start: the events worker's (or one worker's) events, the edges
+    worker's pairs merged."""
+    if target == "streams-edges":
+        return stream_metric(settings.streams.edges_metrics_port, "gfm_graph_pairs_total")
+    return stream_metric(settings.streams.metrics_port, "gfm_stream_events_total")
 
 
 def stream_metric(metrics_port: int, name: str) -> float:
@@ -203,7 +213,7 @@ def stream_metric(metrics_port: int, name: str) -> float:
 def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate: float,
                        catch_up_limit_s: float = 600.0) -> dict[str, Any]:
     """Replay ``events`` (:class:`~streams.records.ListenEvent`) into a running stack at ``rate`` events/s,
-    signalling its stream worker at each fault (once the worker has read events since its last start: killing
+    signalling the fault's stream worker at each fault (once that worker has read since its last start: killing
     a worker that is still joining its group tests little); the stack's supervisor restarts it. Then wait until
     the changelogs equal the fold of the log, or the limit.
 
@@ -227,16 +237,16 @@ def run_fault_scenario(stack: Any, events: list[Any], faults: list[Fault], rate:
         sink.send(events[start : start + chunk], wait=False)
         while pending and start >= pending[0].at * len(events):
             # the replay waits for a restarted worker to be reading again before the next fault
-            if stream_metric(settings.streams.metrics_port, "gfm_stream_events_total") == 0:
+            if reading(settings, pending[0].target) == 0:
                 waited = time.monotonic()
                 stack.check()
                 time.sleep(0.2)
                 paused += time.monotonic() - waited
                 continue
             fault = pending.pop(0)
-            stack.kill("streams", fault.signal)
+            stack.kill(fault.target, fault.signal)
             signalled.append({"at_event": start, "signal": signals.Signals(fault.signal).name,
-                              "t_s": round(time.monotonic() - started, 2)})
+                              "target": fault.target, "t_s": round(time.monotonic() - started, 2)})
         stack.check()
         ahead = (start + chunk) / rate - (time.monotonic() - started - paused)
         if ahead > 0:

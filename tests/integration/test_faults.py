@@ -35,16 +35,19 @@ def streams_only(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_worker_killed_twice_mid_replay_ends_exactly_at_the_fold_of_the_log(streams_only, sig):
     """Every user state equals build_graph; every adjacency too (items past the degree cap: the fold of the
-    pairs topic in its order). max_degree=10 makes the cap bite."""
-    result = run_fault_scenario(streams_only, synthetic_events(), [Fault(0.3, sig), Fault(0.65, sig)], rate=600,
-                                catch_up_limit_s=120)
-    assert len(result["faults"]) == 2
-    # Any restart beyond the two kills must be the offset-hole rule (tansu skipped a message; the worker stopped
-    # before applying anything after the hole) or the stall watch (Faust dropped fetched messages; the worker
-    # stopped so as to fetch them again) at work, never another crash.
-    log = (streams_only.settings.var_dir / "logs" / "streams.log").read_text()
-    expected = 2 + log.count("stream agent crashed: OffsetGap") + log.count("stream agent stalled")
-    assert result["restarts"]["streams"] == expected, log[-2000:]
+    pairs topic in its order). max_degree=10 makes the cap bite. The default shape is split: the events worker
+    is killed first, then the edges worker."""
+    assert streams_only.settings.streams.split and {"streams", "streams-edges"} <= set(streams_only.processes)
+    faults = [Fault(0.3, sig, "streams"), Fault(0.65, sig, "streams-edges")]
+    result = run_fault_scenario(streams_only, synthetic_events(), faults, rate=600, catch_up_limit_s=120)
+    assert [f["target"] for f in result["faults"]] == ["streams", "streams-edges"]
+    # Any restart beyond each worker's kill must be the offset-hole rule (tansu skipped a message; the worker
+    # stopped before applying anything after the hole) or the stall watch (Faust dropped fetched messages; the
+    # worker stopped so as to fetch them again) at work, never another crash.
+    for name in ("streams", "streams-edges"):
+        log = (streams_only.settings.var_dir / "logs" / f"{name}.log").read_text()
+        expected = 1 + log.count("stream agent crashed: OffsetGap") + log.count("stream agent stalled")
+        assert result["restarts"].get(name, 0) == expected, (name, log[-2000:])
     comparison = result["comparison"]
     assert comparison["items_capped"] > 0
     assert comparison["exact"], (comparison, log[-2000:])
@@ -99,7 +102,7 @@ def test_duplicated_events_and_redelivered_pair_messages_change_nothing(streams_
     assert resent > 0
     again, _ = wait_for_the_fold(streams_only, reference(doubled, settings.streams.graph_config()), limit_s=120)
     assert again.exact, again.as_dict()
-    assert stream_metric(settings.streams.metrics_port, "gfm_graph_pairs_redelivered_total") > 0
+    assert stream_metric(settings.streams.edges_metrics_port, "gfm_graph_pairs_redelivered_total") > 0  # split
 
 
 MOVIELENS = Path(__file__).resolve().parents[3] / "shared" / "data" / "movielens-1m"
@@ -116,7 +119,8 @@ def test_movielens_100k_events_three_faults_end_exactly_at_the_fold_of_the_log(t
     stack = Stack(make_settings(tmp_path), services=("streams",), policy=RestartPolicy(backoff_s=0.5))
     stack.start()
     try:
-        result = run_fault_scenario(stack, events, [Fault(a, sig) for a in (0.25, 0.5, 0.75)], rate=2000)
+        faults = [Fault(a, sig, target) for a, target in ((0.25, "streams"), (0.5, "streams-edges"), (0.75, "streams"))]
+        result = run_fault_scenario(stack, events, faults, rate=2000)
     finally:
         stack.stop()
     assert len(result["faults"]) == 3

@@ -94,7 +94,7 @@ def test_two_stream_workers_build_exactly_what_one_builds(tmp_path, fault, wait_
     partition nobody had committed began it mid-log; the offset-hole rule now checks a partition's first batch
     after a rebalance, *Delivery guarantee* rule 4); in 16 runs with the check it fired in 2, and both ended
     exact."""
-    settings = make_settings(tmp_path, max_degree=10)
+    settings = make_settings(tmp_path, max_degree=10, split=False)  # workers that each run both agents
     stack = Stack(settings, services=("streams",), policy=RestartPolicy(backoff_s=0.2))
     stack.start()
     try:

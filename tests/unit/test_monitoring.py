@@ -5,12 +5,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from monitoring.alerts import rules
 from monitoring.dashboards import dashboard
 from monitoring.lag import KafkaLag, LagCollector, PartitionLag
 from monitoring.metrics import ApiMetrics, RefresherMetrics, StoreMetrics, StreamMetrics
+from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,5 +68,14 @@ def test_compose_file_is_valid():
     assert result.returncode == 0, result.stderr
     services = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
                               capture_output=True, text=True, cwd=ROOT).stdout.split()
-    assert {"kafka", "qdrant", "prometheus", "grafana", "streams-1", "streams-2", "refresher-1", "refresher-2",
-            "api"} <= set(services)
+    assert {"kafka", "qdrant", "prometheus", "grafana", "streams-1", "streams-2", "edges-1", "edges-2",
+            "refresher-1", "refresher-2", "api"} <= set(services)
+    resolved = yaml.safe_load(subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config"],
+                                             capture_output=True, text=True, cwd=ROOT).stdout)["services"]
+    # the split stream workers (the default shape): two per agent, each group its own, each with its own RocksDB
+    env = {name: resolved[name]["environment"] for name in ("streams-1", "streams-2", "edges-1", "edges-2")}
+    assert [env[n]["GFM_STREAMS__AGENTS"] for n in env] == ["events", "events", "edges", "edges"]
+    assert all(Settings.model_validate({"streams": {"agents": e["GFM_STREAMS__AGENTS"]}}).streams.split
+               for e in env.values())
+    volumes = [next(v["source"] for v in resolved[n]["volumes"] if v["target"] == "/var/lib/gfm-streams") for n in env]
+    assert len(set(volumes)) == 4

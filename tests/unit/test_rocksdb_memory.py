@@ -43,12 +43,20 @@ def test_faust_default_memtables_hold_everything_written(tmp_path):
     assert peak_memtables(RocksDBOptions(use_rocksdict=True), str(tmp_path / "default")) > 30 * MIB
 
 
-def test_the_settings_reach_the_tables_stores(monkeypatch, tmp_path):
+@pytest.mark.parametrize(("env", "tables"), [
+    ({}, ("users",)),  # split, the default: the events worker
+    ({"GFM_STREAMS__AGENTS": "edges"}, ("adjacency",)),
+    ({"GFM_STREAMS__SPLIT": "false"}, ("users", "adjacency")),
+], ids=["events-worker", "edges-worker", "one-worker"])
+def test_the_settings_reach_the_tables_stores(monkeypatch, tmp_path, env, tables):
     monkeypatch.setenv("GFM_STREAMS__ROCKSDB_WRITE_BUFFER_MIB", "3")
     monkeypatch.setenv("GFM_STREAMS__ROCKSDB_BLOCK_CACHE_MIB", "5")
     monkeypatch.setenv("GFM_STREAMS__DATADIR", str(tmp_path / "faust"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     app = create_app(stream_config(Settings()), StreamMetrics.create(CollectorRegistry()))
-    for name in ("users", "adjacency"):
+    assert set(app.tables) == set(tables)
+    for name in tables:
         options = app.tables[name].data.rocksdb_options  # type: ignore[attr-defined]
         assert (options.write_buffer_size, options.max_write_buffer_number, options.block_cache_size) == (
             3 * MIB, MAX_WRITE_BUFFERS, 5 * MIB)
