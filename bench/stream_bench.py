@@ -370,7 +370,18 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
 
             store.upsert_users = upsert_and_ask  # type: ignore[method-assign]
             probe.thread.start()
+        batch_recorder = Recorder()  # every refresher micro-batch (items' thread), seconds
+        metrics.batch_seconds = batch_recorder  # type: ignore[assignment]
         refresher = Refresher(store, model, encoder_, metrics, settings.refresher)
+        refreshed: list[tuple[int, float]] = []  # per item refresh: items recomputed and upserted, seconds
+        refresh_items = refresher._refresh_items
+
+        def timed_refresh(item_ids: list[str], origins: dict[str, float]) -> None:
+            began = time.perf_counter()
+            refresh_items(item_ids, origins)
+            refreshed.append((len(item_ids), time.perf_counter() - began))
+
+        refresher._refresh_items = timed_refresh  # type: ignore[method-assign]
         tune_gc()  # as `gfm worker api` does (workers/services.py)
         loop = RefresherLoop(refresher, settings.kafka, on_caught_up=gc.freeze)
         stream_part: list[float] = []  # event produced -> its user-update produced (the stream worker's share)
@@ -400,6 +411,8 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
         time.sleep(8)  # let the worker join its group before the clock starts
         recorder.values.clear()
         item_recorder.values.clear()
+        batch_recorder.values.clear()
+        refreshed.clear()
         stream_part.clear()
         polled_part.clear()
         batches_before = refresher.metrics.batches._value.get()
@@ -413,10 +426,12 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         events, _ = dataset_events(data, int(rate * seconds))
+        clock = time.monotonic()
         sent = replay(events, EventSink(producer, settings.kafka), int(rate * seconds), rate=rate, progress=False)
         drained = time.monotonic()
         while time.monotonic() - drained < 60 and (not refresher.idle or (probe and not probe.asked.empty())):
             time.sleep(0.2)
+        ended = time.monotonic()
         time.sleep(5)
         stop.set()
         result: dict[str, Any] = {
@@ -435,6 +450,13 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
             "of_which_user_update_produced_to_read_s": _quantiles(polled_part),
             "item_vectors_upserted_s": _quantiles(item_recorder.values),
             "pending_items_max": max(pending, default=0),
+            # the items' thread: every micro-batch (reading, graph updates, the frontier, the item refresh), and
+            # the item refreshes alone (the model on the direct items and up to dependents_per_batch of the
+            # frontier, then the upsert) with how many items each recomputed
+            "refresh_batch_s": _quantiles(batch_recorder.values),
+            "item_refresh_s": _quantiles([t for _, t in refreshed]),
+            "items_per_item_refresh": _quantiles([float(n) for n, _ in refreshed]),
+            "item_refresh_busy_share": round(sum(t for _, t in refreshed) / max(1e-9, ended - clock), 3),
             "pending_items_end": len(refresher.pending_items),
         }
         if probe is not None:
