@@ -440,6 +440,7 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
             "split": settings.streams.split,
             "take_within_s": settings.streams.take_within_s,
             "pairs_take_within_s": settings.streams.pairs_take_within_s,
+            "dependents_per_batch": settings.refresher.dependents_per_batch,  # GFM_REFRESHER__DEPENDENTS_PER_BATCH
             "events_sent": sent.sent,
             "achieved_rate": round(sent.events_per_s),
             "model": model.version,
