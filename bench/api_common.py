@@ -291,9 +291,14 @@ def _serve(argv: list[str]) -> None:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--bootstrap", default=None)
+    parser.add_argument("--tune-gc", action="store_true", help="tune the collector as `gfm worker api` does")
     args = parser.parse_args(argv)
     store = EdgeStore(args.store)
     store.ensure(int((args.store / "items.dim").read_text()))
+    if args.tune_gc:
+        from workers.services import tune_gc
+
+        tune_gc()
     sink = producer = None
     if args.bootstrap:
         from workers.kafka_io import EventSink, make_producer

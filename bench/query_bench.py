@@ -141,6 +141,10 @@ def main() -> None:
                         help="the load generator's HTTP client: raw (api_common.RawHttp, a fraction of httpx's "
                              "~1.9 ms of CPU per request on the cores the server uses) or httpx")
     parser.add_argument("--before", type=Path, default=None, help="another checkout (today's code) to measure")
+    parser.add_argument("--server-gc", type=lambda v: [x for x in v.split(",") if x], default=["default"],
+                        help="one HTTP measurement per entry, in order: default (Python's collector as it comes) or "
+                             "tuned (workers.services.tune_gc, as `gfm worker api` runs); e.g. default,tuned,"
+                             "default,tuned alternates them")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query-100k.json")
     args = parser.parse_args()
     report: dict[str, Any] = {
@@ -166,9 +170,14 @@ def main() -> None:
         shutil.copytree(plain, indexed)
         report["after_store"] = at_the_store(indexed, args)
         print("store", report["after_store"], flush=True)
-        with served(indexed) as url:
-            report["after_http"] = through_http(url, args)
-            print("after", report["after_http"], flush=True)
+        runs = []
+        for mode in args.server_gc:
+            if mode not in ("default", "tuned"):
+                raise SystemExit(f"--server-gc: {mode!r} is neither default nor tuned")
+            with served(indexed, extra=("--tune-gc",) if mode == "tuned" else ()) as url:
+                runs.append({"server_gc": mode, **through_http(url, args)})
+                print("after", runs[-1], flush=True)
+        report["after_http"] = runs[0] if len(runs) == 1 else runs
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
