@@ -124,6 +124,15 @@ def through_http(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return runs
 
 
+def _server_gc_modes(value: str) -> list[str]:
+    """``--server-gc``: comma-separated modes, each ``default`` or ``tuned``."""
+    modes = [x for x in value.split(",") if x]
+    wrong = [m for m in modes if m not in ("default", "tuned")]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, wrong))}: each mode is default or tuned")
+    return modes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=100_000)
@@ -141,7 +150,7 @@ def main() -> None:
                         help="the load generator's HTTP client: raw (api_common.RawHttp, a fraction of httpx's "
                              "~1.9 ms of CPU per request on the cores the server uses) or httpx")
     parser.add_argument("--before", type=Path, default=None, help="another checkout (today's code) to measure")
-    parser.add_argument("--server-gc", type=lambda v: [x for x in v.split(",") if x], default=["default"],
+    parser.add_argument("--server-gc", type=_server_gc_modes, default=["default"],
                         help="one HTTP measurement per entry, in order: default (Python's collector as it comes) or "
                              "tuned (workers.services.tune_gc, as `gfm worker api` runs); e.g. default,tuned,"
                              "default,tuned alternates them")
@@ -172,8 +181,6 @@ def main() -> None:
         print("store", report["after_store"], flush=True)
         runs = []
         for mode in args.server_gc:
-            if mode not in ("default", "tuned"):
-                raise SystemExit(f"--server-gc: {mode!r} is neither default nor tuned")
             with served(indexed, extra=("--tune-gc",) if mode == "tuned" else ()) as url:
                 runs.append({"server_gc": mode, **through_http(url, args)})
                 print("after", runs[-1], flush=True)

@@ -520,20 +520,18 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     tmp = tempfile.mkdtemp(prefix="gfm-bench-")  # kept when a phase fails, for its logs
+    windows = {k: v for k, v in {"pairs_take_within_s": args.pairs_within,
+                                 "take_within_s": args.take_within}.items() if v is not None}
     if args.skip != "throughput":
-        overrides = {k: v for k, v in {"producer_max_batch_size": args.producer_batch_bytes,
-                                       "take_max": args.take_max,
-                                       "pairs_take_within_s": args.pairs_within,
-                                       "take_within_s": args.take_within,
-                                       "split": args.split}.items() if v is not None}
+        overrides = {**windows, **{k: v for k, v in {"producer_max_batch_size": args.producer_batch_bytes,
+                                                     "take_max": args.take_max,
+                                                     "split": args.split}.items() if v is not None}}
         results["throughput"] = throughput(args.data, args.limit, Path(tmp), args.mode == "live", not args.no_check,
                                            args.produce_rate, **overrides)
         print(json.dumps(results["throughput"], indent=2), flush=True)
     if args.skip != "latency":
         results["latency"] = latency(args.data, args.rate, args.seconds, args.encoder, Path(tmp), args.model_dir,
-                                     args.text_cache, args.query_every, args.split,
-                                     {k: v for k, v in {"pairs_take_within_s": args.pairs_within,
-                                                        "take_within_s": args.take_within}.items() if v is not None})
+                                     args.text_cache, args.query_every, args.split, windows)
         print(json.dumps(results["latency"], indent=2), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     out = args.out or ROOT / "bench" / "results" / f"stream-{results['dataset']}.json"

@@ -140,8 +140,7 @@ class Stack:
         if settings.kafka.embedded_broker:
             # the embedded broker keeps its topics in memory: a new one starts empty, so the stream worker's
             # local table state (and the offsets recorded in it) belongs to a log that no longer exists
-            for datadir in stream_datadirs(settings):
-                shutil.rmtree(datadir, ignore_errors=True)
+            shutil.rmtree(settings.stream_datadir(), ignore_errors=True)  # (an edges worker's: in add_worker)
             self.processes["broker"] = start_broker(settings.kafka.bootstrap, settings.var_dir / "logs/broker.log")
         if settings.streams.agents is not None:
             raise ValueError(f"streams.agents={settings.streams.agents!r}: `gfm up` assigns its stream workers' "
@@ -175,8 +174,7 @@ class Stack:
                 raise ValueError(f"{name}: streams.datadir {settings.stream_datadir()} is another stream worker's; "
                                  "each worker needs its own RocksDB directory")
         if "broker" in self.processes:  # a fresh embedded broker: any local table state belongs to an older log
-            for datadir in stream_datadirs(settings):
-                shutil.rmtree(datadir, ignore_errors=True)
+            shutil.rmtree(settings.stream_datadir(), ignore_errors=True)
         self.extra[name] = (service, settings)
         self._spawn(name, ["worker", service], {**os.environ, **settings_env(settings)})
 
@@ -257,15 +255,6 @@ def edges_worker(settings: Settings) -> Settings:
     if settings.streams.datadir is not None:
         update["datadir"] = settings.streams.datadir.with_name(settings.streams.datadir.name + "-edges")
     return settings.model_copy(update={"streams": settings.streams.model_copy(update=update)})
-
-
-def stream_datadirs(settings: Settings) -> list[Path]:
-    """The RocksDB directories of the stream workers ``gfm up`` starts: the events worker's (or the one worker's)
-    and, when split, the edges worker's."""
-    dirs = [settings.stream_datadir()]
-    if settings.streams.split:
-        dirs.append(edges_worker(settings).stream_datadir())
-    return dirs
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
