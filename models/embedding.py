@@ -137,8 +137,9 @@ class LiveGraph:
             self.followers.setdefault(new, set()).add(item_id)
         self.adjacency[item_id] = adjacency
         self.version += 1
-        for neighbour, entry in adjacency.items():  # every item a model reads has a row (maybe without text yet)
-            self.row(neighbour, entry[0])
+        rows = self.rows
+        for neighbour in [n for n in adjacency if n not in rows]:  # every item a model reads has a row (maybe
+            self.row(neighbour, adjacency[neighbour][0])            # without text yet)
         index = self.row(item_id, item_type)
         self._adjacency_version[index] = self.version
         return index
@@ -183,7 +184,7 @@ class LiveGraph:
         for start, depth in ((adjacency_changed, hops - 1), (text_changed, hops)):
             reached = frontier = set(start)
             for _ in range(depth):
-                frontier = {f for item in frontier for f in self.followers.get(item, ())} - reached
+                frontier = set[str]().union(*(self.followers.get(item, ()) for item in frontier)) - reached
                 reached = reached | frontier
             out |= reached
         return out

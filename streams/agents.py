@@ -703,14 +703,22 @@ def decode_user(raw: bytes) -> UserEntry:
 def encode_item(item_id: str, entry: ItemEntry) -> tuple[bytes, bytes]:
     """An item's table value and refresh request, encoding the adjacency and the levels once for both (JSON keeps
     a float64 level exactly: orjson writes the shortest repr that reads back to the same double)."""
-    adjacency = orjson.dumps(entry.adjacency)
     item_type = orjson.dumps(entry.item_type)
     levels = orjson.dumps(entry.levels)
     table = (b'{"type":' + item_type + b',"offsets":' + orjson.dumps(entry.offsets) + b',"levels":' + levels
-             + b',"adj":' + adjacency + b"}")
+             + b',"adj":' + orjson.dumps(entry.adjacency) + b"}")
     update = (b'{"item_id":' + orjson.dumps(item_id) + b',"item_type":' + item_type + b',"levels":' + levels
-              + b',"adjacency":' + adjacency + b"}")
+              + b"," + adjacency_columns(entry.adjacency)[1:])
     return table, update
+
+
+def adjacency_columns(adjacency: Adjacency) -> bytes:
+    """An adjacency as a refresh request carries it: four parallel arrays (``neighbours``, ``types``, ``weights``,
+    ``ts``) in one JSON object. A refresher decodes this about four times faster than the table's form (an object of
+    ``[type, weight, ts]`` arrays, one per neighbour: every entry a list and a dict slot to allocate), and it reads
+    hundreds of such requests, each a whole adjacency, per micro-batch."""
+    types, weights, times = zip(*adjacency.values(), strict=True) if adjacency else ((), (), ())
+    return orjson.dumps({"neighbours": list(adjacency), "types": types, "weights": weights, "ts": times})
 
 
 class StaleState(RuntimeError):

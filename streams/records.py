@@ -76,7 +76,8 @@ class ItemUpdate(faust.Record, serializer="json"):
 
     item_id: str
     item_type: str
-    adjacency: dict[str, list[Any]]
+    adjacency: dict[str, Any]
+    """Per neighbour, ``(item_type, weight, ts)`` (a tuple when decoded from the columns the agents write)."""
     levels: list[float]
 
 
@@ -295,6 +296,19 @@ def validate_user_update(data: Any) -> UserUpdate:
     return UserUpdate(user_id=user_id, state=dict(state), event_ts=event_ts)
 
 
+def _adjacency_ok(adjacency: Mapping[str, Any]) -> bool:
+    """Whether every entry is ``[item_type, weight >= 1, ts]`` (``ts`` a number, not NaN) with a valid type: one
+    pass with exact types (what JSON decoding yields), each distinct type's pattern checked once. An item update
+    carries up to a few hundred entries and the refresher reads hundreds of updates per micro-batch; the slow path
+    in :func:`validate_item_update` names the first bad entry when this says no."""
+    entries = adjacency.values()
+    return all(
+        (type(e) is tuple or type(e) is list) and len(e) == 3 and type(e[0]) is str and type(e[1]) is int and e[1] > 0
+        and (type(e[2]) is float or type(e[2]) is int) and e[2] == e[2]
+        for e in entries
+    ) and all(_TYPE_RE.match(t) for t in {e[0] for e in entries})
+
+
 def validate_item_update(data: Any) -> ItemUpdate:
     """Check a decoded refresh request for an item (as :mod:`streams.agents` writes them).
 
@@ -305,14 +319,43 @@ def validate_item_update(data: Any) -> ItemUpdate:
         raise InvalidRecord("<item-update>", data, "must be a JSON object")
     item_id = _identifier(data, "item_id")
     item_type = _item_type(data)
-    adjacency = _mapping(data, "adjacency")
-    for neighbour, entry in adjacency.items():
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and _TYPE_RE.match(entry[0])
-                and not isinstance(entry[1], bool) and isinstance(entry[1], int) and entry[1] > 0):
-            raise InvalidRecord("adjacency", {neighbour: entry}, "entries must be [item_type, weight >= 1, ts]")
-        _number(entry[2], "adjacency.ts")
+    if "neighbours" in data:  # the columns the agents write (streams.agents.adjacency_columns)
+        adjacency = _adjacency_from_columns(data)
+    else:  # one [item_type, weight, ts] array per neighbour (as the agents wrote it before the columns)
+        adjacency = dict(_mapping(data, "adjacency"))
+        _check_entries(adjacency)
     levels = data.get("levels")
     if not (isinstance(levels, list) and len(levels) == len(TAUS)):
         raise InvalidRecord("levels", levels, f"must be a list of {len(TAUS)} numbers (one per trend time constant)")
-    return ItemUpdate(item_id=item_id, item_type=item_type, adjacency=dict(adjacency),
+    return ItemUpdate(item_id=item_id, item_type=item_type, adjacency=adjacency,
                       levels=[_number(level, "levels") for level in levels])
+
+
+def _check_entries(adjacency: Mapping[str, Any]) -> None:
+    if _adjacency_ok(adjacency):  # the common case checked in bulk; the slow path names the first bad entry
+        return
+    for neighbour, entry in adjacency.items():
+        if not (isinstance(entry, list | tuple) and len(entry) == 3 and isinstance(entry[0], str)
+                and _TYPE_RE.match(entry[0]) and not isinstance(entry[1], bool) and isinstance(entry[1], int)
+                and entry[1] > 0):
+            raise InvalidRecord("adjacency", {neighbour: entry}, "entries must be [item_type, weight >= 1, ts]")
+        _number(entry[2], "adjacency.ts")
+
+
+def _adjacency_from_columns(data: Mapping[str, Any]) -> dict[str, tuple[str, int, float]]:
+    """The adjacency of a refresh request in columns: ``neighbours`` (distinct ids), ``types``, ``weights`` (>= 1)
+    and ``ts``, parallel arrays; per neighbour a ``(item_type, weight, ts)`` tuple."""
+    names = ("neighbours", "types", "weights", "ts")
+    columns: list[list[Any]] = [c for c in (data.get(name) for name in names) if type(c) is list]
+    if len(columns) != len(names) or len({len(c) for c in columns}) != 1:
+        raise InvalidRecord("adjacency", {n: len(c) if type(c) is list else type(c).__name__
+                                          for n, c in ((n, data.get(n)) for n in names)},
+                            "neighbours, types, weights and ts must be arrays of one length")
+    neighbours, types, weights, times = columns
+    if not all(type(n) is str and n for n in neighbours):
+        raise InvalidRecord("adjacency.neighbours", neighbours[:20], "must be distinct non-empty strings")
+    adjacency = dict(zip(neighbours, zip(types, weights, times, strict=True), strict=True))
+    if len(adjacency) != len(neighbours):
+        raise InvalidRecord("adjacency.neighbours", neighbours[:20], "must be distinct non-empty strings")
+    _check_entries(adjacency)
+    return adjacency

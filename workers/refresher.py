@@ -95,26 +95,58 @@ class Changes:
     it reaches."""
 
 
-def collect(records: Iterable[Record], kafka: KafkaSettings) -> Changes:
-    """Sort raw records into a :class:`Changes`; undecodable ones become dead letters (nothing else escapes)."""
+def collect(records: Iterable[Record], kafka: KafkaSettings, keys: Iterable[bytes | None] | None = None) -> Changes:
+    """Sort raw records into a :class:`Changes`; undecodable ones become dead letters (nothing else escapes).
+
+    An item or user update carries the whole state of its key, so the latest valid record of a key is the one that
+    counts. With ``keys`` (the records' Kafka keys, in the same order), the updates are read newest first and a
+    record whose key already has a valid later update is skipped without being decoded, as Kafka's log compaction
+    would drop it: a refresher behind by several stream batches (or replaying its topics after a restart) decodes
+    each item's adjacency once, not once per batch. A skipped record is not checked, so a malformed record
+    superseded in the same poll is not dead-lettered; an invalid latest record still is, and the latest valid one
+    before it counts.
+    """
     changes = Changes()
     catalog, items, users = kafka.topic("catalog"), kafka.topic("item-updates"), kafka.topic("user-updates")
-    for topic, value, partition, offset in records:
-        try:
-            if topic == catalog:
+    listed = list(records)
+    keyed = list(keys) if keys is not None else [None] * len(listed)
+    if len(keyed) != len(listed):
+        raise ValueError(f"{len(keyed)} keys for {len(listed)} records")
+    dead: list[tuple[int, DeadLetter]] = []  # with the record's position: reported in record order
+    for position, (topic, value, partition, offset) in enumerate(listed):
+        if topic == catalog:
+            try:
                 valid, rejected = decode_pack(value, validate_catalog_item)
-                for element, error in rejected:
-                    changes.dead.append(dead_letter(topic, repr(element).encode(), error, partition, offset))
-                for entry in valid:
-                    changes.catalog[entry.item_id] = entry
-            elif topic == items:
-                update = validate_item_update(load_json(value))
-                changes.items[update.item_id] = update
-            elif topic == users:
-                user = validate_user_update(load_json(value))
-                changes.users[user.user_id] = user
+            except InvalidRecord as error:
+                dead.append((position, dead_letter(topic, value, error, partition, offset)))
+                continue
+            for element, problem in rejected:
+                dead.append((position, dead_letter(topic, repr(element).encode(), problem, partition, offset)))
+            for entry in valid:
+                changes.catalog[entry.item_id] = entry
+    found: set[tuple[str, bytes]] = set()
+    latest_items: list[ItemUpdate] = []
+    latest_users: list[UserUpdate] = []
+    for position in range(len(listed) - 1, -1, -1):
+        topic, value, partition, offset = listed[position]
+        key = keyed[position]
+        if topic not in (items, users) or (key is not None and (topic, key) in found):
+            continue
+        try:
+            if topic == items:
+                latest_items.append(validate_item_update(load_json(value)))
+            else:
+                latest_users.append(validate_user_update(load_json(value)))
         except InvalidRecord as error:
-            changes.dead.append(dead_letter(topic, value, error, partition, offset))
+            dead.append((position, dead_letter(topic, value, error, partition, offset)))
+            continue
+        if key is not None:
+            found.add((topic, key))
+    for update in reversed(latest_items):  # oldest first, so that a later record of a key replaces an earlier one
+        changes.items[update.item_id] = update
+    for user in reversed(latest_users):
+        changes.users[user.user_id] = user
+    changes.dead = [letter for _, letter in sorted(dead, key=lambda pair: pair[0])]
     for letter in changes.dead:
         log.warning("refresher rejected a %s record at %d@%d: %s", letter.topic, letter.partition, letter.offset,
                     letter.reason)
@@ -389,7 +421,7 @@ class RefresherLoop:
         records: list[Record] = [
             (tp.topic, r.value, tp.partition, r.offset) for tp, batch in polled.items() for r in batch
         ]
-        changes = collect(records, self.kafka)
+        changes = collect(records, self.kafka, [r.key for batch in polled.values() for r in batch])
         if changes.dead and self.dead_letters is not None:
             self.dead_letters(changes.dead)
         return changes, len(records)

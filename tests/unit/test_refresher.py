@@ -3,16 +3,19 @@ every stored item vector, and every user vector the API composes from the store,
 final graph and states; bad records become dead letters; a failing vector store is retried and reported, never
 skipped."""
 
+import json
 import random
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+import workers.refresher as refresher_module
 from models.embedding import LiveGraph, TextPropagationModel
 from models.graph import GraphConfig
 from models.synthetic import generate
 from models.text import HashingEncoder
+from models.trend import TAUS
 from monitoring.metrics import RefresherMetrics
 from streams.agents import StreamConfig
 from streams.records import CatalogItem
@@ -180,6 +183,50 @@ def test_bad_records_become_dead_letters_and_the_rest_is_applied():
     assert [(d.topic, d.field, d.offset) for d in changes.dead] == [
         ("gfm-catalog", "<message>", 1), ("gfm-catalog", "<message>", 2), ("gfm-catalog", "title", 3),
         ("gfm-item-updates", "adjacency", 4), ("gfm-user-updates", "recent", 5)]
+
+
+def _keys(records):
+    """Each record's Kafka key as the stream agents set it: an update's item or user id (None for the catalogue)."""
+    keys = []
+    for topic, value, _, _ in records:
+        data = json.loads(value) if topic != KAFKA.topic("catalog") else {}
+        keys.append(str(data.get("item_id", data.get("user_id"))).encode() if data else None)
+    return keys
+
+
+def test_with_keys_each_key_is_decoded_once_and_the_changes_are_the_same(monkeypatch):
+    records = _records()
+    keys = _keys(records)
+    plain = collect(records, KAFKA)
+    decoded = []
+    monkeypatch.setattr(refresher_module, "load_json", lambda raw: decoded.append(raw) or json.loads(raw))
+    keyed = collect(records, KAFKA, keys)
+    assert keyed.items == plain.items and keyed.users == plain.users and keyed.catalog == plain.catalog
+    assert len(decoded) == len({k for k in keys if k is not None}) < sum(k is not None for k in keys)
+    refresher, full = _refresher(), _refresher(per_batch=10**6)
+    for start in range(0, len(records), 60):  # fed in micro-batches with keys: still exactly a full recompute
+        refresher.apply(collect(records[start : start + 60], KAFKA, keys[start : start + 60]))
+    while not refresher.idle:
+        refresher.apply(Changes())
+    _feed(full, records, [len(records)])
+    _assert_same(_vectors(refresher, records)[0], _vectors(full, records)[0])
+
+
+def test_with_keys_the_latest_valid_update_counts_and_an_invalid_latest_one_is_a_dead_letter():
+    topic = KAFKA.topic("item-updates")
+
+    def update(weight):
+        return json.dumps({"item_id": "x", "item_type": "podcast", "adjacency": {"y": ["podcast", weight, 1.0]},
+                           "levels": [0.0] * len(TAUS)}).encode()
+
+    records = [(topic, b"{", 0, 1), (topic, update(2), 0, 2), (topic, update(3), 0, 3), (topic, b"[", 0, 4)]
+    keyed = collect(records, KAFKA, [b"x"] * len(records))
+    assert keyed.items["x"].adjacency == {"y": ["podcast", 3, 1.0]}  # the latest valid one, before the bad one
+    assert [d.offset for d in keyed.dead] == [4]  # the superseded bad record at 1 is never read (compaction)
+    plain = collect(records, KAFKA)
+    assert plain.items == keyed.items and [d.offset for d in plain.dead] == [1, 4]
+    with pytest.raises(ValueError, match="3 keys for 4 records"):
+        collect(records, KAFKA, [b"x"] * 3)
 
 
 class FlakyStore(ServerStore):
