@@ -352,10 +352,19 @@ def _adjacency_from_columns(data: Mapping[str, Any]) -> dict[str, tuple[str, int
                                           for n, c in ((n, data.get(n)) for n in names)},
                             "neighbours, types, weights and ts must be arrays of one length")
     neighbours, types, weights, times = columns
-    if not all(type(n) is str and n for n in neighbours):
+    if not _types_are(neighbours, str) or "" in neighbours:
         raise InvalidRecord("adjacency.neighbours", neighbours[:20], "must be distinct non-empty strings")
     adjacency = dict(zip(neighbours, zip(types, weights, times, strict=True), strict=True))
     if len(adjacency) != len(neighbours):
         raise InvalidRecord("adjacency.neighbours", neighbours[:20], "must be distinct non-empty strings")
-    _check_entries(adjacency)
+    # the common case checked column by column in C (map, set, min); the slow path names the first bad entry
+    if not (_types_are(types, str) and all(_TYPE_RE.match(t) for t in set(types))
+            and _types_are(weights, int) and (not weights or min(weights) > 0)
+            and _types_are(times, int, float) and not any(map(math.isnan, times))):
+        _check_entries(adjacency)
     return adjacency
+
+
+def _types_are(values: list[Any], *kinds: type) -> bool:
+    """Whether every value's exact type is one of ``kinds`` (so not a bool where an int is asked)."""
+    return set(map(type, values)) <= set(kinds)
