@@ -17,7 +17,9 @@ a fixed rate. Timed, each from the produce time of the earliest event of a user'
   recommend route computes (the stored state read, the user's vector composed from their items' stored inputs,
   a filtered top-10 search of the type of the user's latest item, consumed items excluded);
 * *item vectors upserted*: until the vector of every item the event's adjacency change affects is upserted (the
-  item, and the frontier it reaches, drained over later batches).
+  item, and the frontier it reaches, drained over later batches); split into the time until the refresher reads
+  the item's update (the edges window, the edges worker, the broker, the refresher's poll:
+  ``of_which_event_to_item_update_read_s``, per item update read) and what follows in the refresher.
 
 Results go to ``bench/results/stream-<dataset>.json`` (or ``--out``).
 """
@@ -386,7 +388,9 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
         loop = RefresherLoop(refresher, settings.kafka, on_caught_up=gc.freeze)
         stream_part: list[float] = []  # event produced -> its user-update produced (the stream worker's share)
         polled_part: list[float] = []  # user-update produced -> read by the refresher
+        item_read_part: list[float] = []  # earliest event of an item update's edges batch -> read by the refresher
         users_topic = settings.kafka.topic("user-updates")
+        items_topic = settings.kafka.topic("item-updates")
         collect_records = loop._collect
 
         def timed_collect(polled: Any) -> Any:
@@ -398,6 +402,8 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
                         if found and float(found.group(1)) > 0:
                             stream_part.append(record.timestamp / 1000.0 - float(found.group(1)))
                         polled_part.append(now - record.timestamp / 1000.0)
+                elif tp.topic == items_topic:  # its Kafka timestamp is the earliest event time behind it
+                    item_read_part.extend(now - r.timestamp / 1000.0 for r in batch if r.timestamp > 0)
             return collect_records(polled)
 
         loop._collect = timed_collect  # type: ignore[method-assign]
@@ -415,6 +421,7 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
         refreshed.clear()
         stream_part.clear()
         polled_part.clear()
+        item_read_part.clear()
         batches_before = refresher.metrics.batches._value.get()
         pending: list[int] = []
         stop = threading.Event()
@@ -449,6 +456,7 @@ def latency(data: Path, rate: float, seconds: float, encoder: str, root: Path, m
             "user_state_written_s": _quantiles(recorder.values),
             "of_which_event_to_user_update_produced_s": _quantiles(stream_part),
             "of_which_user_update_produced_to_read_s": _quantiles(polled_part),
+            "of_which_event_to_item_update_read_s": _quantiles(item_read_part),
             "item_vectors_upserted_s": _quantiles(item_recorder.values),
             "pending_items_max": max(pending, default=0),
             # the items' thread: every micro-batch (reading, graph updates, the frontier, the item refresh), and
