@@ -52,48 +52,29 @@ def _timed(acc: dict[str, float], cls: Any, name: str, label: str) -> None:
 
 
 def windows(data: Path, warm: int, events: int, window: int, graph: Any) -> tuple[list[bytes], list[list[bytes]]]:
-    """The item updates of the first ``warm`` events (each item's latest), then those of each window after them."""
-    from streams.agents import (
-        PAIRS_PER_MESSAGE,
-        StreamConfig,
-        decode_item,
-        decode_user,
-        encode_item,
-        encode_user,
-        fold_events,
-        fold_pairs,
-        pack_pairs,
-    )
-    from streams.records import event_to_dict
+    """The item updates of the first ``warm`` events (folded 5,000 at a time), then those of each window after them
+    (one events and one pairs micro-batch per window, so each touched item once), folded by the stream's own
+    functions through :class:`streams.testing.LogHarness` (one partition)."""
+    from streams.agents import PAIRS_PER_MESSAGE, StreamConfig
+    from streams.testing import LogHarness
     from workers.kafka_io import dataset_events
 
-    rows = [event_to_dict(e) for e in dataset_events(data, warm + events)[0] if e is not None]
-    config = StreamConfig(partitions=1, graph=graph)
-    users: dict[str, bytes] = {}
-    items: dict[str, bytes] = {}
-    offsets = [0, 0]  # events, pairs: the agents skip what an offset already applied
+    read = [e for e in dataset_events(data, warm + events)[0] if e is not None]
+    if any(e.kind != "stream" or e.ms_played is not None for e in read):
+        raise SystemExit(f"{data}: events other than whole streams; LogHarness produces (kind stream, no ms_played)")
+    rows = [(e.event_id, e.user_id, e.item_id, e.item_type, e.ts) for e in read]
+    log = LogHarness(StreamConfig(partitions=1, graph=graph), per_message=PAIRS_PER_MESSAGE)
 
-    def fold(chunk: list[dict[str, Any]]) -> dict[str, bytes]:
-        packs = [json.dumps(chunk[s : s + 100]).encode() for s in range(0, len(chunk), 100)]
-        batch = fold_events([(m, 0.0, 0, offsets[0] + n) for n, m in enumerate(packs)],
-                            lambda u: decode_user(users[u]) if u in users else None, config)
-        offsets[0] += len(packs)
-        for user_id, entry in batch.users.items():
-            users[user_id], _ = encode_user(user_id, entry, 0.0)
-        messages = [m for groups in batch.pairs.values() for m in pack_pairs(groups, PAIRS_PER_MESSAGE)]
-        merged = fold_pairs([(m, 0, offsets[1] + n) for n, m in enumerate(messages)],
-                            lambda i: decode_item(items[i]) if i in items else None, graph.max_degree)
-        offsets[1] += len(messages)
-        out = {}
-        for item_id, entry in merged.items.items():
-            items[item_id], out[item_id] = encode_item(item_id, entry)
-        return out
+    def fold(chunk: list[tuple[str, str, str, str, float]]) -> list[bytes]:
+        published = len(log.item_updates)
+        log.produce(chunk, pack=100)
+        log.events_batch(0, max_messages=len(chunk))
+        log.pairs_batch(0, max_messages=10**9)
+        return log.item_updates[published:]
 
-    warmed: dict[str, bytes] = {}
-    for s in range(0, warm, 5000):
-        warmed.update(fold(rows[s : min(s + 5000, warm)]))
-    timed = [list(fold(rows[s : s + window]).values()) for s in range(warm, warm + events, window)]
-    return list(warmed.values()), timed
+    warmed = [update for s in range(0, warm, 5000) for update in fold(rows[s : min(s + 5000, warm)])]
+    timed = [fold(rows[s : s + window]) for s in range(warm, warm + events, window)]
+    return warmed, timed
 
 
 def main() -> None:

@@ -332,8 +332,12 @@ def validate_item_update(data: Any) -> ItemUpdate:
 
 
 def _check_entries(adjacency: Mapping[str, Any]) -> None:
-    if _adjacency_ok(adjacency):  # the common case checked in bulk; the slow path names the first bad entry
-        return
+    if not _adjacency_ok(adjacency):  # the common case checked in bulk; the slow path names the first bad entry
+        _name_bad_entry(adjacency)
+
+
+def _name_bad_entry(adjacency: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidRecord` naming the first entry that is not ``[item_type, weight >= 1, ts]``."""
     for neighbour, entry in adjacency.items():
         if not (isinstance(entry, list | tuple) and len(entry) == 3 and isinstance(entry[0], str)
                 and _TYPE_RE.match(entry[0]) and not isinstance(entry[1], bool) and isinstance(entry[1], int)
@@ -361,7 +365,7 @@ def _adjacency_from_columns(data: Mapping[str, Any]) -> dict[str, tuple[str, int
     if not (_types_are(types, str) and all(_TYPE_RE.match(t) for t in set(types))
             and _types_are(weights, int) and (not weights or min(weights) > 0)
             and _types_are(times, int, float) and not any(map(math.isnan, times))):
-        _check_entries(adjacency)
+        _name_bad_entry(adjacency)
     return adjacency
 
 

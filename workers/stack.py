@@ -140,7 +140,7 @@ class Stack:
         if settings.kafka.embedded_broker:
             # the embedded broker keeps its topics in memory: a new one starts empty, so the stream worker's
             # local table state (and the offsets recorded in it) belongs to a log that no longer exists
-            shutil.rmtree(settings.stream_datadir(), ignore_errors=True)  # (an edges worker's: in add_worker)
+            shutil.rmtree(settings.stream_datadir(), ignore_errors=True)  # the edges worker's: in add_worker
             self.processes["broker"] = start_broker(settings.kafka.bootstrap, settings.var_dir / "logs/broker.log")
         if settings.streams.agents is not None:
             raise ValueError(f"streams.agents={settings.streams.agents!r}: `gfm up` assigns its stream workers' "
